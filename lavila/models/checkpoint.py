@@ -1,0 +1,172 @@
+"""Loading checkpoints, the reference's and ours, into registry models.
+
+Reference checkpoints are ``{state_dict (DDP 'module.' prefix), args (argparse.Namespace), epoch, ...}``. Loading
+strips ``module.``, adapts the temporal embedding to the model's frame count (the reference's
+``inflate_positional_embeds``), optionally interpolates the spatial position table (beyond the reference, which
+refuses), and reports any mismatch key by key instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lavila.models.registry import ModelConfig, apply_overrides, build_from_config, config_from_dict, get_config
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A state dict that does not fit the model; the message lists every offending key."""
+
+
+def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def inflate_temporal_embed(loaded: torch.Tensor, num_frames: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize a ``[1, T_ckpt, D]`` temporal embedding to ``num_frames`` rows (reference semantics).
+
+    Fewer frames keep the first rows whatever the mode. More frames: ``bilinear`` interpolates the table as a
+    ``[1,1,T,D]`` image (align_corners=False, so only along T), ``nearest`` (alias ``interp``) repeats, ``zeros`` copies
+    and zero-fills.
+    """
+    t_old = loaded.shape[1]
+    if num_frames <= t_old:
+        return loaded[:, :num_frames].clone()
+    if mode == "zeros":
+        out = loaded.new_zeros(1, num_frames, loaded.shape[2])
+        out[:, :t_old] = loaded
+        return out
+    interp = {"bilinear": "bilinear", "nearest": "nearest", "interp": "nearest"}.get(mode)
+    if interp is None:
+        raise ValueError(f"unknown temporal inflation mode {mode!r} (bilinear, nearest/interp, zeros)")
+    return F.interpolate(loaded.unsqueeze(0), (num_frames, loaded.shape[2]), mode=interp).squeeze(0)
+
+
+def interpolate_pos_embed(loaded: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Bicubic resize of a ``[1, 1+N, D]`` spatial table to another patch grid (e.g. a checkpoint at another size)."""
+    old = int(math.isqrt(loaded.shape[1] - 1))
+    new = int(math.isqrt(num_patches))
+    if old * old != loaded.shape[1] - 1 or new * new != num_patches:
+        raise ValueError(f"cannot interpolate a position table of {loaded.shape[1] - 1} patches to {num_patches}")
+    grid = loaded[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(new, new), mode="bicubic", align_corners=False).to(loaded.dtype)
+    return torch.cat([loaded[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new * new, -1)], dim=1)
+
+
+def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, Any], temporal_mode: str = "bilinear",
+                     interpolate_pos: bool = False) -> dict[str, Any]:
+    """Strip ``module.`` and resize the visual position tables to the model's (frames, and resolution if asked)."""
+    sd = strip_prefix(state_dict)
+    own = model.state_dict()
+    for prefix in {k[: -len("temporal_embed")] for k in own if k.endswith("visual.temporal_embed")} | (
+        {""} if "temporal_embed" in own else set()
+    ):
+        key = prefix + "temporal_embed"
+        if key in sd and key in own and sd[key].shape != own[key].shape:
+            sd[key] = inflate_temporal_embed(sd[key], own[key].shape[1], temporal_mode)
+        pkey = prefix + "pos_embed"
+        if pkey in sd and pkey in own and sd[pkey].shape != own[pkey].shape:
+            if not interpolate_pos:
+                raise CheckpointMismatchError(
+                    f"{pkey}: checkpoint has {sd[pkey].shape[1] - 1} patches per frame, the model "
+                    f"{own[pkey].shape[1] - 1} (another resolution or patch size). The reference cannot load this; "
+                    "pass interpolate_pos=True (--interpolate-pos-embed) to resize the table bicubically."
+                )
+            sd[pkey] = interpolate_pos_embed(sd[pkey], own[pkey].shape[1] - 1)
+    return sd
+
+
+def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, Any], strict: bool = True,
+                         temporal_mode: str = "bilinear", interpolate_pos: bool = False) -> list[str]:
+    """Load with reference-compatible adaptation; mismatches raise one error naming every key.
+
+    Returns the list of missing keys when ``strict=False`` (the narrator uses this to load only ``visual.*``).
+    """
+    sd = adapt_state_dict(model, state_dict, temporal_mode, interpolate_pos)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if shapes or (strict and (missing or unexpected)):
+        def listing(title: str, items: list[str], sep: str = ", ") -> str:
+            return f"{title} ({len(items)}): " + sep.join(items[:20]) + (" ..." if len(items) > 20 else "")
+
+        lines = []
+        if missing and strict:
+            lines.append(listing("missing keys", missing))
+        if unexpected and strict:
+            lines.append(listing("unexpected keys", unexpected))
+        if shapes:
+            lines.append(listing("shape mismatches", shapes, "; "))
+        raise CheckpointMismatchError("state dict does not fit the model:\n  " + "\n  ".join(lines))
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    return missing
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint file; the reference pickles an ``argparse.Namespace``, which we allow-list."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - anything unpicklable under weights_only
+        raise RuntimeError(f"{path}: cannot be read as a checkpoint with weights_only=True ({err}). "
+                           "If you trust the file, load it with torch.load(weights_only=False).") from err
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+    if "state_dict" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        ckpt = {"state_dict": ckpt}  # a bare state dict
+    return ckpt
+
+
+def config_from_checkpoint(ckpt: Mapping[str, Any], **overrides: Any) -> ModelConfig:
+    """The registry row a checkpoint was trained with: our ``model_config`` or the reference's ``args``."""
+    if "model_config" in ckpt:
+        return apply_overrides(config_from_dict(dict(ckpt["model_config"])), **overrides)
+    args = ckpt.get("args")
+    if args is None:
+        raise ValueError("checkpoint has neither 'model_config' nor 'args': cannot tell which model it is")
+    a = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    kw: dict[str, Any] = {}
+    if a.get("project_embed_dim") is not None:
+        kw["embed_dim"] = a["project_embed_dim"]
+    if a.get("clip_length") is not None:
+        kw["num_frames"] = a["clip_length"]
+    if a.get("norm_embed") is not None:
+        kw["norm_embed"] = bool(a["norm_embed"])
+    if "gated_xattn" in a and a["model"].startswith("VCLM"):
+        kw["gated_xattn"] = bool(a["gated_xattn"])
+    kw.update(overrides)
+    return get_config(a["model"], **kw)
+
+
+def model_from_checkpoint(path: str | Path, strict: bool = True, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the checkpoint's model (``num_frames=...`` etc. as overrides) and load its weights."""
+    ckpt = load_checkpoint(path)
+    cfg = config_from_checkpoint(ckpt, **overrides)
+    model = build_from_config(cfg)
+    try:
+        load_state_dict_into(model, ckpt["state_dict"], strict=strict)
+    except CheckpointMismatchError as err:
+        raise CheckpointMismatchError(f"{path} ({cfg.name}): {err}") from None
+    return model, ckpt
+
+
+def manifest_diff(model: nn.Module, manifest_entry: Mapping[str, Any]) -> list[str]:
+    """Differences between a model's state dict and a reference manifest entry (empty list = loads strictly)."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    ref = {k: tuple(shape) for k, shape, _ in manifest_entry["state_dict"]}
+    problems = [f"missing in model: {k}" for k in ref if k not in own]
+    problems += [f"not in reference: {k}" for k in own if k not in ref]
+    problems += [f"shape {k}: model {own[k]} vs reference {ref[k]}" for k in ref if k in own and own[k] != ref[k]]
+    return problems

@@ -1,0 +1,38 @@
+"""Shared test fixtures: the reference fixtures and media are read from ../shared, never copied."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LAVILA_SHARED", REPO.parent / "shared"))
+REFERENCE = SHARED / "fixtures" / "reference"
+MEDIA = SHARED / "media"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.skip(f"reference fixtures not found at {REFERENCE} (set LAVILA_SHARED to the shared/ folder)")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    if not MEDIA.is_dir():
+        pytest.skip(f"shared media not found at {MEDIA} (set LAVILA_SHARED to the shared/ folder)")
+    return MEDIA
+
+
+def reference_file(name: str) -> Path:
+    """Path of one reference fixture, skipping the calling test when the shared folder is absent."""
+    path = REFERENCE / name
+    if not path.exists():
+        pytest.skip(f"reference fixture {path} not found (set LAVILA_SHARED to the shared/ folder)")
+    return path
