@@ -162,9 +162,24 @@ def build_from_config(cfg: ModelConfig, **build_kwargs: Any) -> nn.Module:
     raise ValueError(f"model {cfg.name}: unknown kind {cfg.kind!r}")
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build a model by registry name. Weights are random: load a checkpoint with ``lavila.models.checkpoint``."""
-    return build_from_config(get_config(name, **overrides))
+def create_model(name: str, pretrained: bool | str = False, **overrides: Any) -> nn.Module:
+    """Build a model by registry name.
+
+    Weights are random unless ``pretrained`` is set: then a dual encoder starts from OpenAI CLIP (``True`` = the
+    row's HF hub name, or a path to CLIP weights) and pretrained DistilBERT, as the reference's stage 1 does. To
+    load a LaViLa checkpoint use ``lavila.models.checkpoint.model_from_checkpoint``.
+    """
+    cfg = get_config(name, **overrides)
+    if not pretrained:
+        return build_from_config(cfg)
+    if cfg.kind == "dual_encoder":
+        from lavila.models.clip_init import init_from_openai_clip
+
+        model = build_from_config(cfg, pretrained_text=cfg.text.kind != "clip")
+        if cfg.pretrained_vision:
+            init_from_openai_clip(model, None if pretrained is True else pretrained)
+        return model
+    return build_from_config(cfg, pretrained=pretrained)
 
 
 def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
