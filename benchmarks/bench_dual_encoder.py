@@ -108,7 +108,8 @@ def main() -> None:
     precision = {"cpu": "fp32", "cuda": "bf16 autocast"}
     print(f"\n{args.model}{' (tiny)' if args.tiny else ''}, batch {args.batch}, {args.frames} frames, "
           f"{args.threads} CPU threads, median of {args.steps} steps\n")
-    print("| device | precision | step | attention | grad ckpt | s/step | clips/s | peak MB | reference s/step | speed-up |")
+    print("| device | precision | step | attention | grad ckpt | s/step | clips/s | peak MB | reference s/step "
+          "| speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for device, what, attn, ckpt, res, ref in rows:
         s = res["s_per_step"]
