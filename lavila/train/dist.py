@@ -1,0 +1,199 @@
+"""Distributed plumbing: who am I (torchrun or SLURM env), process-group setup, and gathers that keep gradients.
+
+Every rank of a LaViLa contrastive run computes the *same* loss on the global batch. That only trains correctly
+because the all-gather used for the global batch passes gradients back (see `all_gather_with_grad`); the plain
+`torch.distributed.all_gather` cuts them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    source: str = "none"  # "torchrun", "slurm" or "none"
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _int_env(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError as err:
+        raise ValueError(f"environment variable {key}={env[key]!r} is not an integer") from err
+
+
+def world_info_from_env(env: Mapping[str, str] | None = None) -> DistInfo:
+    """Rank/world size/local rank as the reference reads them: torchrun's variables first, then SLURM's."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistInfo(
+            rank=_int_env(env, "RANK"),
+            world_size=_int_env(env, "WORLD_SIZE"),
+            local_rank=_int_env(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+            source="torchrun",
+        )
+    if "SLURM_PROCID" in env:
+        rank = _int_env(env, "SLURM_PROCID")
+        world_size = _int_env(env, "SLURM_NTASKS") if "SLURM_NTASKS" in env else 1
+        if "SLURM_LOCALID" in env:
+            local_rank = _int_env(env, "SLURM_LOCALID")
+        else:
+            local_rank = rank % max(torch.cuda.device_count(), 1)
+        return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, source="slurm")
+    return DistInfo()
+
+
+def init_distributed(
+    backend: str | None = None,
+    init_method: str | None = None,
+    timeout_minutes: float = 30.0,
+    env: Mapping[str, str] | None = None,
+    silence_non_main: bool = True,
+) -> DistInfo:
+    """Join the process group described by the environment (no-op for a single process).
+
+    NCCL is chosen when CUDA is available, gloo otherwise (CPU tests, laptops). Under SLURM without torchrun the
+    rendezvous still needs MASTER_ADDR/MASTER_PORT or an explicit `init_method` (e.g. a shared `file://` path);
+    `submitit.helpers.TorchDistributedEnvironment().export()` sets the former.
+    """
+    info = world_info_from_env(env)
+    if not info.distributed:
+        return info
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), info.local_rank, info.source)
+    environ = os.environ if env is None else env
+    if init_method is None:
+        if "MASTER_ADDR" not in environ or "MASTER_PORT" not in environ:
+            raise RuntimeError(
+                f"{info.source} says world_size={info.world_size} but MASTER_ADDR/MASTER_PORT are not set: launch "
+                "with torchrun, export them (submitit.helpers.TorchDistributedEnvironment().export()), or pass "
+                "init_method='file:///shared/folder/<unique>_init'"
+            )
+        init_method = "env://"
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(
+        backend=backend,
+        init_method=init_method,
+        world_size=info.world_size,
+        rank=info.rank,
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+    )
+    barrier()
+    if silence_non_main:
+        silence_print_unless_main(info.rank == 0)
+    return info
+
+
+def silence_print_unless_main(is_main: bool) -> None:
+    """Mute `print` on non-zero ranks (as the reference does); `print(..., force=True)` still prints."""
+    builtin_print = builtins.print
+
+    def rank_aware_print(*args, force: bool = False, **kwargs) -> None:
+        if is_main or force:
+            builtin_print(*args, **kwargs)
+
+    builtins.print = rank_aware_print
+
+
+def is_dist_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist_ready() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist_ready() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist_ready() and get_world_size() > 1:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if is_dist_ready():
+        dist.destroy_process_group()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient for this rank's slice (all_reduce SUM + own slice).
+
+    Each rank builds the same global loss, so rank r's slice receives W copies of dL/dx_r: the gradient that
+    reaches the local encoder is W * dL/dx_r, and DDP's mean over ranks turns W * (1/W) into the exact dL/dtheta.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        tensor = tensor.contiguous()
+        ctx.rank = dist.get_rank()
+        ctx.batch = tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's `tensor` along dim 0, keeping the graph (identity without a process group).
+
+    All ranks must hold the same shape (the loaders use drop_last). 0-d tensors are gathered as 1-element vectors.
+    """
+    if tensor.ndim == 0:
+        tensor = tensor.unsqueeze(0)
+    if get_world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's `tensor` along dim 0 without gradient; bool tensors come back as bool.
+
+    gloo cannot all_gather bool, so bools travel as uint8.
+    """
+    if tensor.ndim == 0:
+        tensor = tensor.unsqueeze(0)
+    if get_world_size() == 1:
+        return tensor
+    send = tensor.detach().contiguous()
+    send = send.to(torch.uint8) if send.dtype == torch.bool else send
+    parts = [torch.empty_like(send) for _ in range(get_world_size())]
+    dist.all_gather(parts, send)
+    out = torch.cat(parts, dim=0)
+    return out.bool() if tensor.dtype == torch.bool else out
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of a (metric) tensor over ranks; a copy, the input is left alone."""
+    out = tensor.detach().clone()
+    if get_world_size() > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        out /= get_world_size()
+    return out
