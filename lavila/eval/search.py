@@ -1,0 +1,250 @@
+"""`lavila index` / `lavila search`: free-text search over your own videos with a dual encoder.
+
+``lavila index VIDEO_DIR --checkpoint CKPT --out INDEX`` cuts every video into sliding windows (default 2 s, stride
+2 s, 4 frames sampled at segment midpoints, the model's evaluation transform), embeds them and writes one index file
+(atomic: a crash never leaves a half-written index; finished windows are kept in ``INDEX.work/`` so a rerun only
+embeds what is missing). Files that cannot be opened are reported and skipped; windows that fail to decode (a
+truncated file) are reported, counted and left out — never indexed as black frames.
+
+``lavila search "text" --index INDEX [--top-k 5]`` embeds the query with the same checkpoint's text tower and
+prints the best windows by cosine similarity with their timestamps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lavila.data.benchmarks import SegmentDataset, SegmentSampling, VideoSegment
+from lavila.data.decode import VideoDecodeError, open_video
+from lavila.data.transforms import eval_transform, normalization_for
+from lavila.eval.cache import EmbeddingCache, digest, file_fingerprint, items_digest
+from lavila.eval.embed import effective_precision, embed_dataset, encode_texts, l2_normalize, resolve_device
+from lavila.train.state import atomic_save
+
+VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
+INDEX_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Window:
+    video: str  # path relative to the indexed folder
+    start: float  # seconds
+    end: float
+
+
+def find_videos(folder: Path) -> list[Path]:
+    """Video files under `folder` (recursive, sorted), recognised by extension, case-insensitively."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def window_bounds(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
+    """``[start, min(start + window, duration))`` every `stride` seconds from 0 while ``start < duration``.
+
+    The last window may be shorter than `window`; a video shorter than one window gives one window over all of it.
+    Starts are computed as ``k * stride`` (no accumulated float error).
+    """
+    if window <= 0 or stride <= 0:
+        raise ValueError(f"window ({window}) and stride ({stride}) must be positive")
+    if duration <= 0:
+        return []
+    count = max(1, math.ceil(duration / stride - 1e-9))
+    out = []
+    for k in range(count):
+        start = k * stride
+        if start >= duration:
+            break
+        out.append((round(start, 6), round(min(start + window, duration), 6)))
+    return out
+
+
+def plan_windows(folder: Path, window: float, stride: float) -> tuple[list[Window], list[dict[str, str]]]:
+    """Windows of every readable video, and the videos skipped with the reason (unreadable, empty, no stream)."""
+    windows: list[Window] = []
+    skipped: list[dict[str, str]] = []
+    for path in find_videos(folder):
+        rel = str(path.relative_to(folder))
+        try:
+            reader = open_video(path)
+            try:
+                n, fps = len(reader), float(reader.fps)
+            finally:
+                close = getattr(reader, "close", None)
+                if close:
+                    close()
+        except VideoDecodeError as err:
+            skipped.append({"video": rel, "error": f"{err.kind}: {err.reason}"})
+            continue
+        if n <= 0 or fps <= 0:
+            skipped.append({"video": rel, "error": f"no frames (frames={n}, fps={fps})"})
+            continue
+        windows.extend(Window(rel, s, e) for s, e in window_bounds(n / fps, window, stride))
+    return windows, skipped
+
+
+def _fmt_time(seconds: float) -> str:
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{int(h):02d}:{int(m):02d}:{s:05.2f}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# index
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_index(args: argparse.Namespace) -> dict[str, Any]:
+    from lavila.eval.zeroshot import load_eval_model
+
+    folder = Path(args.video_dir).resolve()
+    out = Path(args.out)
+    device = resolve_device(args.device)
+    loaded = load_eval_model(args.checkpoint, args.frames, args.model)
+    if loaded.kind != "dual_encoder":
+        raise ValueError(f"{args.checkpoint} is a classifier checkpoint; search needs a dual encoder (text tower)")
+    model, cfg = loaded.model.to(device), loaded.config
+    windows, skipped = plan_windows(folder, args.window, args.stride)
+    for s in skipped:
+        print(f"[skip] {s['video']}: {s['error']}", file=sys.stderr)
+    if not windows:
+        raise RuntimeError(f"no readable video in {folder} ({len(skipped)} skipped)")
+    mean, std = normalization_for(cfg.name)
+    segments = [VideoSegment(w.video, w.start, w.end, "action") for w in windows]
+    dataset = SegmentDataset(folder, segments, SegmentSampling(args.frames), eval_transform(cfg.vision.img_size,
+                                                                                            mean, std))
+    precision = effective_precision(device, args.precision)
+    protocol = {"window": args.window, "stride": args.stride, "frames": args.frames, "crop": cfg.vision.img_size}
+    key = digest({"checkpoint": file_fingerprint(args.checkpoint), "model": cfg.name, "protocol": protocol,
+                  "root": str(folder), "items": items_digest(segments), "precision": precision})
+    work = out.with_name(out.name + ".work")
+    result = embed_dataset(model.encode_image, dataset, device=device, batch_size=args.batch_size,
+                           num_workers=args.workers, precision=args.precision, cache=EmbeddingCache(work, key),
+                           desc="index windows")
+    for i, message in sorted(result.failed.items()):
+        print(f"[skip] {windows[i].video} {windows[i].start:.2f}-{windows[i].end:.2f}s: {message}", file=sys.stderr)
+    ok = result.ok
+    emb = l2_normalize(result.embeds[:, 0][ok]).astype(np.float32)
+    kept = [w for w, good in zip(windows, ok) if good]
+    index = {
+        "format": INDEX_FORMAT,
+        "embeddings": torch.from_numpy(emb),
+        "windows": [asdict(w) for w in kept],
+        "video_root": str(folder),
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "checkpoint_fingerprint": file_fingerprint(args.checkpoint),
+        "model": cfg.name,
+        "protocol": protocol,
+        "precision": precision,
+        "videos_indexed": sorted({w.video for w in kept}),
+        "skipped_videos": skipped,
+        "failed_windows": [{**asdict(windows[i]), "error": m} for i, m in sorted(result.failed.items())],
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    atomic_save(index, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return index
+
+
+def configure_index_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video_dir", help="folder of videos (searched recursively)")
+    parser.add_argument("--checkpoint", required=True, help="dual-encoder checkpoint")
+    parser.add_argument("--out", required=True, help="index file to write")
+    parser.add_argument("--model", default=None, help="model name when the checkpoint does not record it")
+    parser.add_argument("--window", type=float, default=2.0, help="window length in seconds")
+    parser.add_argument("--stride", type=float, default=None, help="seconds between window starts (default: window)")
+    parser.add_argument("--frames", type=int, default=4, help="frames per window")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+
+
+def run_index(args: argparse.Namespace) -> int:
+    if args.stride is None:
+        args.stride = args.window
+    try:
+        index = build_index(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"lavila index: {err}", file=sys.stderr)
+        return 2
+    print(f"indexed {len(index['windows'])} windows of {len(index['videos_indexed'])} videos -> {args.out}; "
+          f"skipped {len(index['skipped_videos'])} unreadable files and {len(index['failed_windows'])} windows "
+          "that failed to decode")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# search
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_index(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"index not found: {path} (build one with `lavila index VIDEO_DIR ...`)")
+    index = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{path} is not a lavila index (format {INDEX_FORMAT})")
+    return index
+
+
+def search(index: dict[str, Any], query_embedding: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
+    """Windows ranked by cosine similarity to the (any-norm) query embedding; ties keep index order."""
+    emb = index["embeddings"].double().numpy()
+    q = l2_normalize(np.asarray(query_embedding, dtype=np.float64).reshape(-1))
+    scores = emb @ q
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    return [{"rank": r + 1, "score": float(scores[i]), **index["windows"][i]} for r, i in enumerate(order)]
+
+
+def configure_search_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("query", help="what to look for, e.g. 'someone kneads dough'")
+    parser.add_argument("--index", required=True, help="file written by `lavila index`")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--checkpoint", default=None, help="text encoder (default: the checkpoint the index records)")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--bpe-path", default=None, help="CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)")
+    parser.add_argument("--tokenizer", default=None, help="HF tokenizer name or folder for DistilBERT models")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from lavila.eval.zeroshot import _tokenizer, load_eval_model
+
+    try:
+        index = load_index(args.index)
+        ckpt = args.checkpoint or index["checkpoint"]
+        loaded = load_eval_model(ckpt, index["protocol"]["frames"], args.model)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"lavila search: {err}", file=sys.stderr)
+        return 2
+    device = resolve_device(args.device)
+    model = loaded.model.to(device)
+    q = encode_texts(model, _tokenizer(loaded.config, args), [args.query], device=device)[0]
+    hits = search(index, q, args.top_k)
+    if args.json:
+        print(json.dumps(hits, indent=2))
+        return 0
+    print(f"{'rank':>4}  {'score':>7}  {'start':>11}  {'end':>11}  video")
+    for h in hits:
+        print(f"{h['rank']:>4}  {h['score']:7.4f}  {_fmt_time(h['start']):>11}  {_fmt_time(h['end']):>11}  "
+              f"{h['video']}")
+    return 0
+
+
+# `lavila.cli` resolves configure_<verb>_parser / run_<verb>; these keep `python -m`-style callers working too.
+configure_parser = configure_index_parser
+run = run_index

@@ -1,0 +1,527 @@
+"""`lavila eval`: zero-shot (and fine-tuned) evaluation on EK-100 MIR/CLS, Charades-Ego, EGTEA and EgoMCQ.
+
+The protocols are the reference's (spec §9), because the published numbers depend on them: frames per clip, how
+frames are placed (segment midpoints, sparse over the whole video, dense strided windows, or the chunked Ego4D
+loader), how many temporal clips and spatial crops are scored and how views are pooled (max over views then softmax
+for zero-shot multi-view; mean then softmax for fine-tuned classifiers), which text stands for a class (the mean of
+the normalised embeddings of all its narrations) and whether embeddings are normalised (not for EgoMCQ).
+
+A checkpoint whose state dict has an ``fc_cls`` head is a fine-tuned classifier and is scored with its head;
+anything else is a dual encoder scored against text. Video embeddings (or classifier logits) are cached on disk, so
+a rerun only tokenises text and recomputes metrics. Under ``torchrun`` the clip list is sharded over ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lavila.data.benchmarks import (
+    ClassificationSet,
+    DenseSampling,
+    SegmentDataset,
+    SegmentSampling,
+    SparseSampling,
+    VideoSegment,
+    charades_set,
+    egtea_set,
+    ek100_action_label_map,
+    ek100_cls_set,
+    mcq_segments,
+    read_egomcq,
+    read_ek100_mir,
+)
+from lavila.data.transforms import eval_transform, normalization_for
+from lavila.eval import metrics
+from lavila.eval.cache import EmbeddingCache, default_cache_dir, digest, file_fingerprint, items_digest
+from lavila.eval.embed import (
+    EmbedResult,
+    effective_precision,
+    embed_dataset,
+    encode_texts,
+    l2_normalize,
+    resolve_device,
+)
+from lavila.models.checkpoint import config_from_checkpoint, load_checkpoint, load_state_dict_into, strip_prefix
+from lavila.models.classifier import build_classifier, head_sizes_from_state_dict
+from lavila.models.registry import ModelConfig, build_from_config, get_config
+from lavila.models.timesformer import build_vision_tower
+from lavila.train import dist
+from lavila.train.state import atomic_write_text
+
+BENCHMARKS = ("ek100_mir", "ek100_cls", "charades_ego", "egtea", "egomcq")
+TEMPLATES_DEFAULT = ["{}"]
+TEMPLATES_EGO = ["#C C {}", "#C {}"]  # the reference's --cls-use-template
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How clips are turned into views and views into one score (spec §9.7)."""
+
+    clip_length: int
+    sampling: str  # "segment" | "sparse" | "dense" | "chunked"
+    clip_stride: int = 1
+    num_clips: int = 1
+    num_crops: int = 1
+    center_crop_first: bool = False  # fine-tuned classifier eval: centre crop, then 3 (identical) crops
+    view_pool: str = "max"  # "max" (zero-shot) or "mean" (fine-tuned)
+
+
+ZERO_SHOT_PROTOCOLS: dict[str, Protocol] = {
+    "ek100_mir": Protocol(4, "segment"),
+    "ek100_cls": Protocol(4, "segment"),
+    "charades_ego": Protocol(16, "sparse"),
+    "egtea": Protocol(16, "dense", clip_stride=2, num_clips=10, num_crops=3),
+    "egomcq": Protocol(4, "chunked"),
+}
+FINETUNED_CLASSIFIER_PROTOCOLS: dict[str, Protocol] = {
+    "ek100_cls": Protocol(16, "segment", view_pool="mean"),
+    "egtea": Protocol(16, "dense", clip_stride=2, num_clips=10, num_crops=3, center_crop_first=True, view_pool="mean"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    config: ModelConfig
+    kind: str  # "dual_encoder" | "classifier"
+    head_sizes: list[int]
+    checkpoint: dict[str, Any]
+
+
+def is_classifier_checkpoint(ckpt: dict[str, Any]) -> bool:
+    """A fine-tuned classifier has ``fc_cls`` head weights; a dual encoder does not."""
+    return any(k.endswith("fc_cls.bias") or k.endswith("fc_cls.0.bias") for k in ckpt["state_dict"])
+
+
+def load_eval_model(path: str | Path, num_frames: int, model_name: str | None = None,
+                    ckpt: dict[str, Any] | None = None) -> LoadedModel:
+    """Rebuild the checkpoint's model for ``num_frames`` frames (temporal embedding inflated/truncated) and load it.
+
+    Reference fine-tuning checkpoints store the fine-tuning script's arguments, which do not name the backbone; pass
+    ``model_name`` (``--model``) for those. ``ckpt`` avoids reading a large file twice.
+    """
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    sd = strip_prefix(ckpt["state_dict"])
+    if model_name is not None:
+        overrides: dict[str, Any] = {"num_frames": num_frames}
+        args = ckpt.get("args")
+        a = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+        if a.get("project_embed_dim"):
+            overrides["embed_dim"] = a["project_embed_dim"]
+        cfg = get_config(model_name, **overrides)
+    else:
+        try:
+            cfg = config_from_checkpoint(ckpt, num_frames=num_frames)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"{path}: cannot tell which model this checkpoint holds ({err}); "
+                             "pass --model NAME") from err
+    is_classifier = is_classifier_checkpoint(ckpt)
+    if is_classifier:
+        sizes = head_sizes_from_state_dict(sd)
+        model = build_classifier(build_vision_tower(cfg.vision), sizes, dropout=0.0)
+    else:
+        sizes = []
+        model = build_from_config(cfg)
+    load_state_dict_into(model, sd, strict=True)
+    model.eval()
+    return LoadedModel(model, cfg, "classifier" if is_classifier else "dual_encoder", sizes, ckpt)
+
+
+def _encode_fn(loaded: LoadedModel):
+    model = loaded.model
+    if loaded.kind == "classifier":
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            out = model(x)
+            return torch.cat(out, dim=-1) if isinstance(out, list) else out
+        return encode
+    return model.encode_image
+
+
+def _tokenizer(cfg: ModelConfig, args: argparse.Namespace):
+    from lavila.models.tokenizers import get_tokenizer
+
+    return get_tokenizer(cfg.name, bpe_path=getattr(args, "bpe_path", None), context_length=cfg.text.context_length,
+                         pretrained=getattr(args, "tokenizer", None))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Benchmark data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _sibling(metadata: Path, given: str | None, name: str) -> Path:
+    return Path(given) if given else metadata.parent / name
+
+
+@dataclass
+class BenchmarkData:
+    segments: list
+    cls: ClassificationSet | None = None
+    mir: Any = None
+    questions: list | None = None
+    files: list[str] | None = None
+
+
+def load_benchmark(name: str, args: argparse.Namespace) -> BenchmarkData:
+    meta = Path(args.metadata)
+    limit = args.limit
+    if name == "ek100_mir":
+        mir = read_ek100_mir(meta, args.sentences, args.relevancy)
+        if limit:
+            keep = {r.narration_id for r in mir.rows[:limit]}
+            cols = [j for j, (nid, _) in enumerate(mir.sentences) if nid in keep]
+            mir = replace(mir, rows=mir.rows[:limit], sentences=[mir.sentences[j] for j in cols],
+                          relevancy=mir.relevancy[:limit][:, cols])
+        segs = [VideoSegment(r.video_path, r.start_sec, r.stop_sec, "action") for r in mir.rows]
+        return BenchmarkData(segs, mir=mir)
+    if name == "ek100_cls":
+        train_csv = _sibling(meta, args.train_metadata, "EPIC_100_train.csv")
+        label_map = ek100_action_label_map(train_csv, meta)
+        cls = ek100_cls_set(meta, label_map)
+    elif name == "charades_ego":
+        cls = charades_set(meta, _sibling(meta, args.classes, "Charades_v1_classes.txt"))
+    elif name == "egtea":
+        cls = egtea_set(meta, _sibling(meta, args.classes, "action_idx.txt"))
+    elif name == "egomcq":
+        questions = read_egomcq(meta)[: limit or None]
+        return BenchmarkData(mcq_segments(questions), questions=questions)
+    else:
+        raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    if limit:
+        cls = replace(cls, segments=cls.segments[:limit], targets=cls.targets[:limit])
+    return BenchmarkData(cls.segments, cls=cls)
+
+
+def sampling_for(protocol: Protocol):
+    if protocol.sampling in ("segment", "chunked"):
+        return SegmentSampling(protocol.clip_length)
+    if protocol.sampling == "sparse":
+        return SparseSampling(protocol.clip_length, protocol.num_clips)
+    if protocol.sampling == "dense":
+        return DenseSampling(protocol.clip_length, protocol.clip_stride, protocol.num_clips)
+    raise ValueError(f"unknown sampling {protocol.sampling!r}")
+
+
+def build_dataset(data: BenchmarkData, protocol: Protocol, cfg: ModelConfig, root: str) -> SegmentDataset:
+    mean, std = normalization_for(cfg.name)
+    # Sparse sampling yields one long clip of num_clips*clip_length frames, split into temporal views here.
+    transform = eval_transform(
+        cfg.vision.img_size, mean, std, num_clips=protocol.num_clips, num_crops=protocol.num_crops,
+        clip_length=protocol.clip_length, center_crop_first=protocol.center_crop_first,
+    )
+    return SegmentDataset(root, data.segments, sampling_for(protocol), transform)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def class_text_embeddings(model, tokenizer, class_texts: list[list[str]], templates: list[str], device,
+                          precision: str) -> np.ndarray:
+    """Per class: mean of the L2-normalised embeddings of every (template x text), re-normalised (reference)."""
+    flat, owner = [], []
+    for k, texts in enumerate(class_texts):
+        for tmpl in templates:
+            for t in texts:
+                flat.append(tmpl.format(t))
+                owner.append(k)
+    emb = l2_normalize(encode_texts(model, tokenizer, flat, device=device, precision=precision))
+    owner_arr = np.array(owner)
+    sums = np.zeros((len(class_texts), emb.shape[1]))
+    np.add.at(sums, owner_arr, emb)
+    counts = np.bincount(owner_arr, minlength=len(class_texts))[:, None]
+    return l2_normalize(sums / counts)
+
+
+def pool_views(view_scores: np.ndarray, pool: str) -> np.ndarray:
+    """Zero-shot ``[N, V, K]`` -> ``[N, K]``: a single view is returned raw (the reference applies no softmax then);
+    several views are max- (reference) or mean-pooled and then soft-maxed over classes."""
+    if view_scores.shape[1] == 1:
+        return view_scores[:, 0]
+    return pool_then_softmax(view_scores, pool)
+
+
+def pool_then_softmax(view_scores: np.ndarray, pool: str) -> np.ndarray:
+    """Fine-tuned classifiers: views averaged (reference) or maxed, then softmax, whatever the number of views."""
+    pooled = view_scores.max(axis=1) if pool == "max" else view_scores.mean(axis=1)
+    return softmax(pooled)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def score_mir(video: EmbedResult, text_embed: np.ndarray, mir) -> dict[str, float]:
+    ok = video.ok
+    sim = metrics.ek100_mir_similarity(
+        l2_normalize(np.nan_to_num(video.embeds[:, 0])), l2_normalize(text_embed),
+        [r.narration_id for r in mir.rows], [nid for nid, _ in mir.sentences],
+    )
+    return metrics.ek100_mir_metrics(sim[ok], mir.relevancy[ok])
+
+
+def score_classification(name: str, scores: np.ndarray, cls: ClassificationSet, ok: np.ndarray) -> dict[str, Any]:
+    """Metrics of one ``[N, K]`` score matrix over the items that could be decoded."""
+    scores, targets = scores[ok], cls.targets[ok]
+    if name == "charades_ego":
+        m = metrics.charades_map(scores, targets)
+        return {"mAP": m["mAP"], "mAP_nanmean": m["mAP_nanmean"],
+                "classes_without_positives": int(np.isnan(np.array(m["per_class_AP"], dtype=float)).sum())}
+    if name == "egtea":
+        acc = metrics.mean_class_accuracy(targets, scores.argmax(axis=1))
+        return {"mean_class_acc": acc["mean_class_acc"], "top1": acc["overall_acc"]}
+    out = metrics.topk_accuracy(scores, targets, ks=(1, 5))
+    return {"action_top1": out["top1"], "action_top5": out["top5"]}
+
+
+def score_finetuned_ek100(view_logits: np.ndarray, head_sizes: list[int], cls: ClassificationSet,
+                          ok: np.ndarray, pool: str) -> dict[str, float]:
+    """Verb/noun/action accuracy of a fine-tuned EK-100 classifier: three heads scored directly, or one action head
+    whose softmax is summed over the actions sharing a verb (noun) (reference marginalisation)."""
+    lm = cls.label_map
+    assert lm is not None
+    targets = cls.targets[ok]
+    splits = np.cumsum(head_sizes)[:-1]
+    heads = [pool_then_softmax(h, pool) for h in np.split(view_logits[ok], splits, axis=-1)]
+    verb_t, noun_t = lm.verbs[targets], lm.nouns[targets]
+    if len(heads) == 3:
+        verb, noun, action = heads
+    elif len(heads) == 1:
+        action = heads[0]
+        verb = np.zeros((action.shape[0], int(lm.verbs.max()) + 1))
+        noun = np.zeros((action.shape[0], int(lm.nouns.max()) + 1))
+        np.add.at(verb.T, lm.verbs, action.T)
+        np.add.at(noun.T, lm.nouns, action.T)
+    else:
+        raise ValueError(f"EK-100 classifier must have 1 or 3 heads, this one has {len(heads)}")
+    out = {}
+    for label, s, t in (("verb", verb, verb_t), ("noun", noun, noun_t), ("action", action, targets)):
+        acc = metrics.topk_accuracy(s, t, ks=(1, 5))
+        out[f"{label}_top1"], out[f"{label}_top5"] = acc["top1"], acc["top5"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def resolve_protocol(args: argparse.Namespace, kind: str) -> Protocol:
+    base = ZERO_SHOT_PROTOCOLS[args.benchmark]
+    if kind == "classifier":
+        if args.benchmark not in FINETUNED_CLASSIFIER_PROTOCOLS:
+            raise ValueError(f"a classifier checkpoint can only be evaluated on "
+                             f"{', '.join(FINETUNED_CLASSIFIER_PROTOCOLS)}, not {args.benchmark}")
+        base = FINETUNED_CLASSIFIER_PROTOCOLS[args.benchmark]
+    changes = {k: getattr(args, k) for k in ("clip_length", "clip_stride", "num_clips", "num_crops")
+               if getattr(args, k, None) is not None}
+    if args.benchmark == "charades_ego" and args.sparse_sample is not None:
+        changes["sampling"] = "sparse" if args.sparse_sample else "dense"
+    if args.view_pool:
+        changes["view_pool"] = args.view_pool
+    return replace(base, **changes)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one benchmark; returns the result record (also written to ``--output`` by :func:`run`)."""
+    info = dist.init_distributed() if dist.world_info_from_env().distributed else dist.DistInfo()
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint)
+    kind = "classifier" if is_classifier_checkpoint(ckpt) else "dual_encoder"
+    protocol = resolve_protocol(args, kind)
+    loaded = load_eval_model(args.checkpoint, protocol.clip_length, args.model, ckpt=ckpt)
+    del ckpt
+    model = loaded.model.to(device)
+    cfg = loaded.config
+    data = load_benchmark(args.benchmark, args)
+    dataset = build_dataset(data, protocol, cfg, args.root)
+    precision = effective_precision(device, args.precision)
+
+    key_parts = {
+        "checkpoint": file_fingerprint(args.checkpoint), "model": cfg.name, "kind": kind,
+        "num_frames": protocol.clip_length, "protocol": asdict(protocol), "crop": cfg.vision.img_size,
+        "root": str(Path(args.root).resolve()), "items": items_digest(data.segments), "precision": precision,
+        "version": 1,
+    }
+    cache = None
+    if not args.no_cache:
+        cache = EmbeddingCache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), digest(key_parts))
+    result = embed_dataset(
+        _encode_fn(loaded), dataset, device=device, batch_size=args.batch_size, num_workers=args.workers,
+        precision=args.precision, cache=cache, desc=f"{args.benchmark} clips", meta=key_parts,
+    )
+
+    record: dict[str, Any] = {
+        "benchmark": args.benchmark,
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "model": cfg.name,
+        "model_kind": kind,
+        "protocol": asdict(protocol),
+        "metadata": str(Path(args.metadata).resolve()),
+        "root": str(Path(args.root).resolve()),
+        "num_items": len(dataset),
+        "num_failed": len(result.failed),
+        "failed": [{"index": i, "error": e} for i, e in sorted(result.failed.items())[:100]],
+        "world_size": info.world_size,
+        "device": str(device),
+        "precision": precision,
+        "embeddings_from_cache": result.from_cache,
+        "cache_file": str(cache.path) if cache else None,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    if dist.get_rank() != 0:
+        return record
+    ok = result.ok
+    templates = TEMPLATES_EGO if args.cls_use_template else TEMPLATES_DEFAULT
+    with torch.no_grad():
+        if args.benchmark == "ek100_mir":
+            tok = _tokenizer(cfg, args)
+            texts = encode_texts(model, tok, [r.narration for r in data.mir.rows], device=device,
+                                 precision=args.precision)
+            record["metrics"] = score_mir(result, texts, data.mir)
+            record["num_sentences"] = len(data.mir.sentences)
+        elif args.benchmark == "egomcq":
+            tok = _tokenizer(cfg, args)
+            queries = encode_texts(model, tok, [q.query for q in data.questions], device=device,
+                                   precision=args.precision)
+            options = result.embeds[:, :, 0]  # [N, 5, E] (one view per option)
+            scores = np.einsum("ne,nke->nk", queries.astype(np.float64), np.nan_to_num(options).astype(np.float64))
+            record["metrics"] = metrics.egomcq_accuracy(
+                scores[ok], np.array([q.answer for q in data.questions])[ok],
+                np.array([q.type for q in data.questions])[ok])
+        elif kind == "classifier":
+            if args.benchmark == "ek100_cls":
+                record["metrics"] = score_finetuned_ek100(result.embeds, loaded.head_sizes, data.cls, ok,
+                                                          protocol.view_pool)
+            else:
+                scores = pool_then_softmax(result.embeds, protocol.view_pool)
+                record["metrics"] = score_classification(args.benchmark, scores, data.cls, ok)
+        else:
+            tok = _tokenizer(cfg, args)
+            classes = class_text_embeddings(model, tok, data.cls.class_texts, templates, device, args.precision)
+            video = l2_normalize(np.nan_to_num(result.embeds))  # [N, V, E]
+            view_scores = video @ classes.T  # cosine logits [N, V, K]
+            scores = pool_views(view_scores, protocol.view_pool)
+            if args.score == "softmax" and view_scores.shape[1] == 1:
+                scores = softmax(scores)
+            record["metrics"] = score_classification(args.benchmark, scores, data.cls, ok)
+            record["templates"] = templates
+    return record
+
+
+def format_table(record: dict[str, Any]) -> str:
+    rows = [(k, v) for k, v in record.get("metrics", {}).items()]
+    p = record["protocol"]
+    head = (f"{record['benchmark']}  ({record['model_kind']} {record['model']}, {p['clip_length']} frames x "
+            f"{p['num_clips']} clips x {p['num_crops']} crops, {p['sampling']} sampling)")
+    lines = [head, "-" * len(head)]
+    for k, v in rows:
+        lines.append(f"{k:<28} {v:>10.3f}" if isinstance(v, float) and math.isfinite(v) else f"{k:<28} {v!s:>10}")
+    lines.append(f"{'items':<28} {record['num_items']:>10d}")
+    lines.append(f"{'failed (skipped)':<28} {record['num_failed']:>10d}")
+    return "\n".join(lines)
+
+
+def default_output(args: argparse.Namespace) -> Path:
+    stem = Path(args.checkpoint).stem
+    frames = f"_{args.clip_length}f" if args.clip_length else ""
+    return Path("eval_results") / stem / f"{args.benchmark}{frames}.json"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("benchmark", choices=BENCHMARKS)
+    parser.add_argument("--checkpoint", required=True, help="dual-encoder or fine-tuned classifier checkpoint")
+    parser.add_argument("--metadata", required=True,
+                        help="evaluation annotation file: EPIC_100_retrieval_test.csv / EPIC_100_validation.csv / "
+                             "CharadesEgo_v1_test_only1st.csv / test_split1.txt / egomcq.json")
+    parser.add_argument("--root", required=True, help="video folder of the benchmark")
+    parser.add_argument("--model", default=None, help="model name when the checkpoint does not record it")
+    g = parser.add_argument_group("annotation files (default: next to --metadata)")
+    g.add_argument("--sentences", default=None, help="EK-100 MIR *_sentence.csv")
+    g.add_argument("--relevancy", default=None, help="EK-100 MIR relevancy pickle")
+    g.add_argument("--train-metadata", default=None, help="EK-100 CLS: EPIC_100_train.csv (for the label space)")
+    g.add_argument("--classes", default=None, help="Charades_v1_classes.txt / EGTEA action_idx.txt")
+    p = parser.add_argument_group("protocol (default: the reference's for the benchmark)")
+    p.add_argument("--clip-length", type=int, default=None, help="frames per clip (EK-100 MIR: 4 or 16)")
+    p.add_argument("--clip-stride", type=int, default=None)
+    p.add_argument("--num-clips", type=int, default=None)
+    p.add_argument("--num-crops", type=int, default=None, choices=[1, 3, 6])
+    p.add_argument("--sparse-sample", action=argparse.BooleanOptionalAction, default=None,
+                   help="Charades-Ego: sparse over the whole video (default) or dense strided windows")
+    p.add_argument("--view-pool", choices=["max", "mean"], default=None)
+    p.add_argument("--score", choices=["cosine", "softmax"], default="cosine",
+                   help="single-view class scores: raw cosine (zero-shot) or softmax (fine-tuned Charades-Ego)")
+    p.add_argument("--cls-use-template", action="store_true", help="class prompts '#C C {}' and '#C {}'")
+    r = parser.add_argument_group("running")
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--workers", type=int, default=4)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto = bf16 autocast on CUDA, fp32 on CPU")
+    r.add_argument("--limit", type=int, default=None, help="only the first N items (smoke tests)")
+    r.add_argument("--cache-dir", default=None, help="embedding cache (default $LAVILA_CACHE_DIR or ~/.cache/lavila)")
+    r.add_argument("--no-cache", action="store_true")
+    r.add_argument("--bpe-path", default=None, help="CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)")
+    r.add_argument("--tokenizer", default=None, help="HF tokenizer name or folder for DistilBERT models")
+    r.add_argument("--output", default=None, help="result JSON (default eval_results/<ckpt>/<benchmark>.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        record = evaluate(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"lavila eval: {err}", file=sys.stderr)
+        return 2
+    try:
+        if dist.get_rank() != 0:
+            return 0
+        print(format_table(record))
+        out = Path(args.output) if args.output else default_output(args)
+        atomic_write_text(out, json.dumps(record, indent=2, default=_json_default) + "\n")
+        print(f"wrote {out}")
+        return 0
+    finally:
+        dist.barrier()
+        dist.cleanup()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+__all__ = [
+    "BENCHMARKS",
+    "FINETUNED_CLASSIFIER_PROTOCOLS",
+    "Protocol",
+    "ZERO_SHOT_PROTOCOLS",
+    "class_text_embeddings",
+    "configure_parser",
+    "evaluate",
+    "load_eval_model",
+    "pool_views",
+    "run",
+    "score_classification",
+    "score_mir",
+]
