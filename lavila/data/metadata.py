@@ -1,0 +1,324 @@
+"""Ego4D clip metadata: the reference pickles, a Parquet equivalent, validation and `lavila convert-metadata`.
+
+Rows keep the reference's exact shape, because the dataset dispatches on it (spec §2.3):
+
+* human narrations ``(video_uid, start_sec, end_sec, text: str)``
+* rephraser output ``(video_uid, start_sec, end_sec, texts: list[str])`` (one drawn per access)
+* narrator output ``(video_uid, start_sec, end_sec, texts: list[str], scores: list[float])``, or ``(…, str, float)``
+  when the narrator returned a single sequence.
+
+Times are absolute seconds in the full video. Text is never cleaned here: the reference tokenises whatever the
+pickle holds, so the released checkpoints saw exactly those bytes.
+
+Pickles are read with a restricted unpickler (plain containers, strings, numbers and numpy scalars/arrays only) so
+a metadata file cannot run code. Parquet stores one row per clip with columns ``video_uid, start_sec, end_sec,
+text (list<string>), score (list<double>, null for 4-tuples), arity (4|5), text_is_list (bool)``; the last two make
+the round trip pickle -> Parquet -> pickle give back equal rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import numbers
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+Row = tuple  # (uid, start, end, text[, score]) — see the module docstring
+
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_FIELDS = ("video_uid", "start_sec", "end_sec", "text", "score")
+
+
+class MetadataError(ValueError):
+    """A metadata row does not have the shape the datasets expect; the message names file, row and field."""
+
+    def __init__(self, source: str, row: int | None, field: str | None, problem: str) -> None:
+        where = source if row is None else f"{source}: row {row}" + (f", field {field!r}" if field else "")
+        super().__init__(f"{where}: {problem}")
+        self.source, self.row, self.field, self.problem = source, row, field, problem
+
+
+# ------------------------------------------------------------------------------------------------------ I/O helpers
+def atomic_write_bytes(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through a temporary file in the destination folder, fsync it, then rename over `path`.
+
+    A crash leaves either the old file or the new one, never a truncated file that a resumed job would trust.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # persist the rename itself
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Allows only what metadata pickles legitimately contain; anything else is refused with its name."""
+
+    _ALLOWED = {
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "complex"),
+        ("collections", "OrderedDict"),
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a metadata pickle holds only lists/tuples of str and numbers"
+        )
+
+
+def _load_pickle(path: Path) -> list:
+    with open(path, "rb") as f:
+        try:
+            rows = _MetadataUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+            raise MetadataError(str(path), None, None, f"not a readable metadata pickle: {err}") from err
+    if not isinstance(rows, (list, tuple)):
+        raise MetadataError(str(path), None, None, f"expected a list of rows, got {type(rows).__name__}")
+    return list(rows)
+
+
+# ------------------------------------------------------------------------------------------------------ validation
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check(cond: bool, source: str, i: int, field: str, problem: str) -> None:
+    if not cond:
+        raise MetadataError(source, i, field, problem)
+
+
+def validate_row(row: Any, index: int, source: str = "<rows>") -> None:
+    """Raise :class:`MetadataError` unless `row` is one of the three reference row shapes."""
+    if not isinstance(row, (tuple, list)) or len(row) not in (4, 5):
+        got = f"a {len(row)}-tuple" if isinstance(row, (tuple, list)) else type(row).__name__
+        raise MetadataError(
+            source, index, None, f"expected a 4- or 5-tuple (uid, start, end, text[, score]), got {got}"
+        )
+    uid, start, end, text = row[:4]
+    _check(isinstance(uid, str) and uid != "", source, index, "video_uid", f"must be a non-empty str, got {uid!r:.80}")
+    for name, value in (("start_sec", start), ("end_sec", end)):
+        _check(_is_real(value), source, index, name, f"must be a number of seconds, got {value!r:.80}")
+        _check(math.isfinite(float(value)), source, index, name, f"must be finite, got {value!r}")
+    _check(float(start) >= 0, source, index, "start_sec", f"must be >= 0 (absolute seconds), got {start!r}")
+    if isinstance(text, str):
+        pass
+    elif isinstance(text, (list, tuple)):
+        _check(len(text) > 0, source, index, "text", "an empty list of texts has nothing to sample from")
+        for j, t in enumerate(text):
+            _check(isinstance(t, str), source, index, "text", f"item {j} must be a str, got {t!r:.80}")
+    else:
+        raise MetadataError(source, index, "text", f"must be a str or a list of str, got {text!r:.80}")
+    if len(row) == 5:
+        score = row[4]
+        if isinstance(text, str):
+            _check(
+                _is_real(score), source, index, "score", f"with a single text the score is a number, got {score!r:.80}"
+            )
+        else:
+            _check(
+                isinstance(score, (list, tuple)) and len(score) == len(text),
+                source,
+                index,
+                "score",
+                f"must be a list of {len(text)} numbers (one per text), got {score!r:.80}",
+            )
+            for j, s in enumerate(score):
+                _check(_is_real(s), source, index, "score", f"item {j} must be a number, got {s!r:.80}")
+
+
+def validate_rows(rows: Sequence[Any], source: str = "<rows>") -> None:
+    for i, row in enumerate(rows):
+        validate_row(row, i, source)
+
+
+# ------------------------------------------------------------------------------------------------------ Parquet
+def rows_to_table(rows: Sequence[Row]):
+    """Rows -> pyarrow Table (schema in the module docstring)."""
+    import pyarrow as pa
+
+    uids, starts, ends, texts, scores, arity, is_list = [], [], [], [], [], [], []
+    for row in rows:
+        uid, start, end, text = row[:4]
+        uids.append(uid)
+        starts.append(float(start))
+        ends.append(float(end))
+        listed = not isinstance(text, str)
+        is_list.append(listed)
+        texts.append(list(text) if listed else [text])
+        arity.append(len(row))
+        if len(row) == 5:
+            scores.append([float(s) for s in row[4]] if listed else [float(row[4])])
+        else:
+            scores.append(None)
+    schema = pa.schema(
+        [
+            ("video_uid", pa.string()),
+            ("start_sec", pa.float64()),
+            ("end_sec", pa.float64()),
+            ("text", pa.list_(pa.string())),
+            ("score", pa.list_(pa.float64())),
+            ("arity", pa.int8()),
+            ("text_is_list", pa.bool_()),
+        ],
+        metadata={b"lavila.metadata": b"1"},
+    )
+    return pa.Table.from_arrays(
+        [
+            pa.array(uids, pa.string()),
+            pa.array(starts, pa.float64()),
+            pa.array(ends, pa.float64()),
+            pa.array(texts, pa.list_(pa.string())),
+            pa.array(scores, pa.list_(pa.float64())),
+            pa.array(arity, pa.int8()),
+            pa.array(is_list, pa.bool_()),
+        ],
+        schema=schema,
+    )
+
+
+def table_to_rows(table, source: str = "<table>") -> list[Row]:
+    missing = [c for c in ("video_uid", "start_sec", "end_sec", "text") if c not in table.column_names]
+    if missing:
+        raise MetadataError(source, None, None, f"missing Parquet columns {missing} (have {table.column_names})")
+    cols = {name: table.column(name).to_pylist() for name in table.column_names}
+    n = table.num_rows
+    arity = cols.get("arity") or [5 if cols.get("score") and cols["score"][i] is not None else 4 for i in range(n)]
+    is_list = cols.get("text_is_list") or [len(t or []) != 1 for t in cols["text"]]
+    score_col = cols.get("score") or [None] * n
+    rows: list[Row] = []
+    for i in range(n):
+        text = cols["text"][i]
+        if text is None:
+            raise MetadataError(source, i, "text", "is null")
+        text_value = list(text) if is_list[i] else (text[0] if len(text) == 1 else None)
+        if text_value is None:
+            raise MetadataError(source, i, "text", f"text_is_list is false but {len(text)} texts are stored")
+        row: tuple = (cols["video_uid"][i], cols["start_sec"][i], cols["end_sec"][i], text_value)
+        if arity[i] == 5:
+            score = score_col[i]
+            if score is None:
+                raise MetadataError(source, i, "score", "a 5-tuple row needs scores")
+            row = row + ((list(score) if is_list[i] else score[0]),)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------ public API
+def load_metadata(path: str | os.PathLike, validate: bool = True) -> list[Row]:
+    """Rows of a metadata pickle or Parquet file, validated (a bad row raises naming file, row and field)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"metadata file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        rows = table_to_rows(pq.read_table(path), str(path))
+    elif suffix in PICKLE_SUFFIXES:
+        rows = _load_pickle(path)
+    else:
+        raise MetadataError(str(path), None, None, f"unknown metadata format {suffix!r} (use .pkl or .parquet)")
+    if validate:
+        validate_rows(rows, str(path))
+    return rows
+
+
+def save_metadata(rows: Sequence[Row], path: str | os.PathLike, validate: bool = True) -> None:
+    """Write rows as pickle (the reference format) or Parquet, chosen by the file suffix, atomically."""
+    path = Path(path)
+    if validate:
+        validate_rows(rows, str(path))
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        table = rows_to_table(rows)
+        atomic_write_bytes(path, lambda f: pq.write_table(table, f, compression="zstd"))
+    elif suffix in PICKLE_SUFFIXES:
+        data = list(rows)
+        atomic_write_bytes(path, lambda f: pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL))
+    else:
+        raise MetadataError(str(path), None, None, f"unknown metadata format {suffix!r} (use .pkl or .parquet)")
+
+
+def convert_metadata(src: str | os.PathLike, dst: str | os.PathLike) -> int:
+    """pickle <-> Parquet (either direction; also pkl->pkl to re-validate). Returns the number of rows."""
+    rows = load_metadata(src)
+    save_metadata(rows, dst, validate=False)
+    return len(rows)
+
+
+def iter_texts(row: Row) -> Iterable[str]:
+    """All texts of a row (one for human narrations, several for rephraser/narrator rows)."""
+    text = row[3]
+    return [text] if isinstance(text, str) else list(text)
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", type=Path, help="metadata .pkl or .parquet")
+    parser.add_argument("dst", type=Path, help="output .parquet or .pkl (format from the suffix)")
+    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.dst.exists() and not args.overwrite:
+        print(f"convert-metadata: {args.dst} exists (pass --overwrite to replace it)", file=sys.stderr)
+        return 2
+    try:
+        n = convert_metadata(args.src, args.dst)
+    except (MetadataError, FileNotFoundError) as err:
+        print(f"convert-metadata: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {n} rows to {args.dst}")
+    return 0
+
+
+__all__ = [
+    "MetadataError",
+    "Row",
+    "atomic_write_bytes",
+    "convert_metadata",
+    "iter_texts",
+    "load_metadata",
+    "rows_to_table",
+    "save_metadata",
+    "table_to_rows",
+    "validate_row",
+    "validate_rows",
+]
