@@ -1,0 +1,160 @@
+"""Narrator generation speed: tokens/s and peak memory, KV cache vs the reference's full recompute.
+
+    python benchmarks/bench_narrator.py            # VCLM_OPENAI_TIMESFORMER_BASE_GPT2, random weights, CPU
+    python benchmarks/bench_narrator.py --tiny     # seconds-long smoke run on a tiny model
+
+Setting of ``fixtures/reference/reference_bench.md``: 4 frames at 224 px, top-p 0.95, T 0.7, 10 return sequences,
+``max_len`` 20 and 40 (BOS included, so 19 and 39 generated tokens per sequence; every generated position of every
+sequence counts, no early stop), 2 threads, fp32, median of ``--repeats`` timed runs after one short warm-up. The
+reference figures are 15.9 s (max_len 20) and 42.2 s (max_len 40) for one clip. Memory: on CUDA the peak allocated
+by torch; on CPU the peak resident set size of the process sampled every 5 ms during generation (it includes the
+model's weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lavila.models.registry import create_model  # noqa: E402
+from lavila.narrate.generate import GenerationConfig, generate  # noqa: E402
+
+REFERENCE_S = {20: 15.9, 40: 42.2}  # one clip, 10 sequences, reference_bench.md
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+class PeakMemory:
+    """Peak memory during a block: CUDA allocator peak, or sampled RSS on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak = device, 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._stop = threading.Event()
+            self.peak = rss_mb()
+
+            def sample() -> None:
+                while not self._stop.wait(0.005):
+                    self.peak = max(self.peak, rss_mb())
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, rss_mb())
+
+
+def build(tiny: bool, device: torch.device, half: bool):
+    if tiny:
+        from lavila.narrate.tiny import create_tiny_narrator
+
+        model, _ = create_tiny_narrator()
+        size = 32
+    else:
+        model = create_model("VCLM_OPENAI_TIMESFORMER_BASE_GPT2", num_frames=4)
+        size = 224
+    with torch.no_grad():  # open the tanh gates so the cross-attention costs what a trained model's does
+        for name, p in model.named_parameters():
+            if name.endswith(("alpha_cattn", "alpha_dense")):
+                p.fill_(0.5)
+    model.eval().to(device)
+    if half:
+        model.half()
+    return model, size
+
+
+def timed(fn, repeats: int, device: torch.device, warmup: bool = True) -> list[float]:
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke run)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--use-half", action="store_true", help="fp16 (CUDA only)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--max-lens", type=int, nargs="+", default=[20, 40])
+    parser.add_argument("--batch-clips", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--return-sequences", type=int, default=10)
+    parser.add_argument("--no-recompute", action="store_true", help="skip the slow reference-style path")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model, size = build(args.tiny, device, args.use_half)
+    dtype = next(model.parameters()).dtype
+    videos = {b: torch.randn(b, 3, 4, size, size, device=device, dtype=dtype) for b in args.batch_clips}
+
+    with torch.inference_mode():
+        enc_times = timed(lambda: model.encode_image(videos[1]), args.repeats, device)
+        tokens = {b: model.encode_image(v) for b, v in videos.items()}
+    # one short warm-up of both paths instead of a warm-up per configuration (the recompute path is slow)
+    for use_cache in (True, False):
+        generate(model, tokens[1], GenerationConfig(max_len=4, num_return_sequences=2, use_cache=use_cache))
+    rows = []
+    for max_len in args.max_lens:
+        for clips in args.batch_clips:
+            for use_cache in ([True] if args.no_recompute else [True, False]):
+                cfg = GenerationConfig(strategy="sample", max_len=max_len, temperature=0.7, top_p=0.95,
+                                       num_return_sequences=args.return_sequences, use_cache=use_cache)
+                gen = torch.Generator(device=device).manual_seed(0)
+                with PeakMemory(device) as mem:
+                    times = timed(lambda cfg=cfg, clips=clips, gen=gen: generate(model, tokens[clips], cfg,
+                                                                                 generator=gen),
+                                  args.repeats, device, warmup=False)
+                seconds = statistics.median(times)
+                n_tokens = clips * args.return_sequences * (max_len - 1)
+                ref = REFERENCE_S.get(max_len) if clips == 1 and not args.tiny else None
+                rows.append((max_len, clips, use_cache, seconds, n_tokens / seconds, mem.peak, ref))
+                print(f"max_len {max_len} clips {clips} cache {use_cache}: {seconds:.2f} s", file=sys.stderr)
+
+    name = "tiny random narrator" if args.tiny else "VCLM_OPENAI_TIMESFORMER_BASE_GPT2 (random weights)"
+    mem_kind = "peak CUDA MB" if device.type == "cuda" else "peak RSS MB"
+    print(f"\n{name}, {device.type}, {args.threads} threads, {str(dtype).removeprefix('torch.')}, 4 frames, "
+          f"{args.return_sequences} sequences/clip, top-p 0.95 T 0.7; visual encode of 1 clip: "
+          f"{statistics.median(enc_times):.2f} s (reference 1.59 s)\n")
+    print(f"| max_len (tokens/seq) | clips | KV cache | time (s) | tokens/s | {mem_kind} | reference (s) | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for max_len, clips, cache, seconds, tps, peak, ref in rows:
+        speed = f"{ref / seconds:.1f}x" if ref else ""
+        print(f"| {max_len} ({max_len - 1}) | {clips} | {'yes' if cache else 'no (recompute)'} | {seconds:.2f} | "
+              f"{tps:.1f} | {peak:.0f} | {ref if ref else ''} | {speed} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,302 @@
+"""Caption generation for the VCLM narrator: sampling, greedy and beam search, with a KV cache.
+
+The reference (``VCLM_HF.generate``) re-runs the decoder over the whole prefix at every step. Here the decoder's
+self-attention keys/values are kept in HF's ``EncoderDecoderCache`` and the cross-attention keys/values of the
+visual tokens are computed once per *clip* (not per return sequence: the R sequences of a clip share them, see
+``lavila.models.gpt2_gated.VisualCrossAttention``), at the first step; ``use_cache=False`` keeps the reference's
+full recompute (the tests check both give the same tokens and scores). All clips and return sequences run as one
+batch.
+
+Reference semantics kept on purpose:
+
+* rows are ordered clip-major (clip 0's R sequences first, as ``repeat_interleave``), every row starts with BOS;
+* warpers in HF order: temperature (if != 1), top-k (if > 0), top-p (if < 1), min_tokens_to_keep 1;
+* the per-sequence score is ``exp(mean entropy of the *un-warped* next-token distribution)`` over the steps up to
+  and including the one that emits EOS (not a likelihood of the sampled text); with a ``target`` it is the
+  teacher-forced perplexity (CE ignoring pad id 0);
+* generation continues after a row's EOS (the tokens are ignored by :func:`decode_one`) until ``max_len`` or, with
+  ``early_stopping``, until every row has emitted EOS.
+
+Deliberate change: with ``early_stopping`` the reference breaks *before* appending the step that completed the last
+row, so that row has no EOS and its last word is cut by ``decode_one``; we append the step, then stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+PAD_ID = 0  # the narrator's pad id (GPT-2's "!"), as in the reference tokeniser
+
+
+def _cache_kwarg() -> str:
+    """HF renamed GPT-2's ``past_key_values`` argument to ``cache`` during 5.x; use whichever this version takes."""
+    import inspect
+
+    from transformers import GPT2LMHeadModel
+
+    return "cache" if "cache" in inspect.signature(GPT2LMHeadModel.forward).parameters else "past_key_values"
+
+
+CACHE_KWARG = _cache_kwarg()
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings. Defaults are the reference inference defaults (``main_infer_narrator.py``)."""
+
+    strategy: str = "sample"  # "sample" (multinomial) | "greedy" | "beam"
+    max_len: int = 77  # total length including BOS: at most max_len - 1 new tokens
+    temperature: float = 0.7
+    top_k: int | None = None
+    top_p: float | None = 0.95
+    num_return_sequences: int = 10
+    early_stopping: bool = False
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    use_cache: bool = True
+
+    def validate(self) -> None:
+        if self.strategy not in ("sample", "greedy", "beam"):
+            raise ValueError(f"unknown decoding strategy {self.strategy!r} (sample, greedy, beam)")
+        if self.max_len < 2:
+            raise ValueError(f"max_len must be >= 2 (BOS + one token), got {self.max_len}")
+        if self.num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
+            raise ValueError(f"beam search returns at most num_beams={self.num_beams} sequences, "
+                             f"asked for {self.num_return_sequences}")
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class GenerationOutput:
+    ids: torch.Tensor  # [B*R, L] long, BOS first
+    scores: torch.Tensor  # [B*R] float32: exp mean entropy, teacher-forced perplexity, or beam sequence score
+    steps: int  # decoder steps run
+
+
+def logits_warper(temperature: float | None, top_k: int | None, top_p: float | None) -> LogitsProcessorList:
+    """The reference's ``_get_logits_warper`` (HF warpers, same order and enabling conditions)."""
+    warpers = LogitsProcessorList()
+    if temperature is not None and temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k is not None and top_k != 0:
+        warpers.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+    if top_p is not None and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    return warpers
+
+
+class _DecoderStepper:
+    """Next-token logits for a growing batch of prefixes, with (HF cache) or without (full recompute) a KV cache."""
+
+    def __init__(self, decoder: Any, image_tokens: torch.Tensor, use_cache: bool) -> None:
+        self.decoder = decoder
+        self.image_tokens = image_tokens
+        self.use_cache = use_cache
+        self.cache: EncoderDecoderCache | None = None
+        if use_cache:
+            cfg = decoder.config
+            self.cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
+
+    def __call__(self, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """Logits ``[N, V]`` (float32) after ``ids``; ``new_tokens`` = how many trailing ids the cache has not seen."""
+        if self.use_cache:
+            out = self.decoder(ids[:, -new_tokens:], encoder_hidden_states=self.image_tokens, use_cache=True,
+                               logits_to_keep=1, **{CACHE_KWARG: self.cache})
+        else:
+            out = self.decoder(ids, encoder_hidden_states=self.image_tokens, use_cache=False, logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Reorder rows (beam search). Rows only move within their clip, so the per-clip visual keys/values and
+        visual tokens stay as they are; only the text self-attention cache follows."""
+        if self.cache is not None:
+            self.cache.self_attention_cache.reorder_cache(index)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) per row."""
+    return torch.special.entr(F.softmax(logits, dim=-1)).sum(dim=-1)
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    image_tokens: torch.Tensor,
+    config: GenerationConfig | None = None,
+    *,
+    target: torch.Tensor | None = None,
+    teacher_forcing: bool = False,
+    generator: torch.Generator | None = None,
+) -> GenerationOutput:
+    """Generate ``num_return_sequences`` captions per clip from pooled visual tokens ``[B, Q, E]``.
+
+    ``model`` is a :class:`lavila.models.narrator.VCLM` (uses ``text_decoder``, ``bos_token_id``, ``eos_token_id``).
+    ``target [B*R, L]`` switches the score to teacher-forced perplexity; ``teacher_forcing`` also conditions on it.
+    """
+    cfg = config or GenerationConfig()
+    cfg.validate()
+    if cfg.strategy == "beam":
+        if target is not None:
+            raise ValueError("beam search does not take a target")
+        return beam_search(model, image_tokens, cfg)
+    max_len = min(cfg.max_len, model.max_positions)
+    rows = image_tokens.shape[0] * cfg.num_return_sequences  # the visual tokens stay one per clip
+    device = image_tokens.device
+    if target is not None and target.shape[0] != rows:
+        raise ValueError(f"target has {target.shape[0]} rows, expected clips x return sequences = {rows}")
+    eos = model.eos_token_id
+    ids = torch.full((rows, 1), model.bos_token_id, dtype=torch.long, device=device)
+    teacher_forcing = teacher_forcing and target is not None
+    cond = target[:, :1] if teacher_forcing else ids  # what the decoder is conditioned on
+    score_sum = torch.zeros(rows, device=device)
+    count = torch.zeros(rows, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    warp = logits_warper(cfg.temperature, cfg.top_k, cfg.top_p)
+    stepper = _DecoderStepper(model.text_decoder, image_tokens, cfg.use_cache)
+    steps = 0
+    for i in range(max_len - 1):
+        logits = stepper(cond, new_tokens=cond.shape[1] if i == 0 else 1)
+        steps += 1
+        if target is not None:
+            if i + 1 >= target.shape[1]:
+                break
+            tgt = target[:, i + 1]
+            score_sum += F.cross_entropy(logits, tgt, ignore_index=PAD_ID, reduction="none")
+            count += tgt.ne(PAD_ID).float()
+        else:
+            score_sum += entropy(logits) * (~done)
+            count += (~done).float()
+        if cfg.strategy == "greedy":
+            token = logits.argmax(dim=-1, keepdim=True)
+        else:
+            probs = F.softmax(warp(ids, logits), dim=-1)
+            token = torch.multinomial(probs, num_samples=1, generator=generator)
+        done |= token[:, 0].eq(eos)
+        ids = torch.cat([ids, token], dim=1)
+        cond = target[:, : i + 2] if teacher_forcing else ids
+        if cfg.early_stopping and bool(done.all()):
+            break
+    return GenerationOutput(ids=ids, scores=torch.exp(score_sum / count), steps=steps)
+
+
+@torch.no_grad()
+def teacher_forced_perplexity(model: Any, image_tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``exp(mean CE)`` of ``target [B, L]`` (pad 0 ignored) in one decoder pass; equals ``generate(target=...,
+    teacher_forcing=True)``'s score without the step loop."""
+    logits = model.decode(target[:, :-1], image_tokens).float()
+    ce = F.cross_entropy(logits.transpose(1, 2), target[:, 1:], ignore_index=PAD_ID, reduction="none")
+    return torch.exp(ce.sum(1) / target[:, 1:].ne(PAD_ID).sum(1))
+
+
+@torch.no_grad()
+def beam_search(model: Any, image_tokens: torch.Tensor, cfg: GenerationConfig) -> GenerationOutput:
+    """Deterministic beam search per clip; returns the ``num_return_sequences`` best finished hypotheses.
+
+    A hypothesis' score is ``sum log p / n ** length_penalty`` with ``n`` the number of generated tokens including
+    EOS (HF's ``sequence_scores`` convention up to the BOS count). A clip stops once it has ``num_beams`` finished
+    hypotheses and (``early_stopping``) or no live beam can still beat the worst of them. Unfinished beams at
+    ``max_len`` are scored as they are. Rows after EOS are padded with 0.
+    """
+    K, R = cfg.num_beams, cfg.num_return_sequences
+    B = image_tokens.shape[0]
+    max_len = min(cfg.max_len, model.max_positions)
+    device = image_tokens.device
+    eos, bos = model.eos_token_id, model.bos_token_id
+    ids = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
+    beam_scores = torch.zeros(B, K, device=device)
+    beam_scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    clip_done = [False] * B
+    stepper = _DecoderStepper(model.text_decoder, image_tokens, cfg.use_cache)
+    lp = cfg.length_penalty
+    steps = 0
+    for i in range(max_len - 1):
+        logits = stepper(ids, new_tokens=ids.shape[1] if i == 0 else 1)
+        steps += 1
+        logp = F.log_softmax(logits, dim=-1)
+        vocab = logp.shape[-1]
+        cand = (beam_scores.view(-1, 1) + logp).view(B, K * vocab)
+        top_scores, top_idx = cand.topk(2 * K, dim=1)
+        next_src, next_tok, next_scores = [], [], []
+        n_generated = i + 1
+        for b in range(B):
+            chosen = 0
+            for score, flat in zip(top_scores[b].tolist(), top_idx[b].tolist()):
+                beam, tok = divmod(flat, vocab)
+                row = b * K + beam
+                if clip_done[b]:
+                    break
+                if tok == eos:
+                    if len(finished[b]) < K or score / n_generated**lp > min(f[0] for f in finished[b]):
+                        seq = ids[row].tolist() + [eos]
+                        finished[b].append((score / n_generated**lp, seq))
+                        finished[b].sort(key=lambda f: -f[0])
+                        del finished[b][K:]
+                    continue
+                next_src.append(row)
+                next_tok.append(tok)
+                next_scores.append(score)
+                chosen += 1
+                if chosen == K:
+                    break
+            if clip_done[b] or chosen < K:  # a finished clip keeps dummy beams so the batch shape stays fixed
+                pad = K - chosen if not clip_done[b] else K
+                next_src += [b * K] * pad
+                next_tok += [PAD_ID] * pad
+                next_scores += [float("-inf")] * pad
+            if not clip_done[b] and len(finished[b]) >= K:
+                best_live = max(next_scores[-K:])
+                worst = finished[b][-1][0]
+                clip_done[b] = cfg.early_stopping or best_live / n_generated**lp <= worst
+        src = torch.tensor(next_src, device=device)
+        ids = torch.cat([ids.index_select(0, src), torch.tensor(next_tok, device=device).view(-1, 1)], dim=1)
+        beam_scores = torch.tensor(next_scores, device=device).view(B, K)
+        stepper.reorder(src)
+        if all(clip_done):
+            break
+    out_rows: list[list[int]] = []
+    out_scores: list[float] = []
+    n_final = ids.shape[1] - 1
+    for b in range(B):
+        pool = list(finished[b])
+        for k in range(K):  # unfinished beams compete at max length
+            s = beam_scores[b, k].item()
+            if s != float("-inf"):
+                pool.append((s / n_final**lp, ids[b * K + k].tolist()))
+        pool.sort(key=lambda f: -f[0])
+        for score, seq in pool[:R]:
+            out_rows.append(seq)
+            out_scores.append(score)
+    width = max(len(r) for r in out_rows)
+    out = torch.full((len(out_rows), width), PAD_ID, dtype=torch.long, device=device)
+    for r, seq in enumerate(out_rows):
+        out[r, : len(seq)] = torch.tensor(seq, device=device)
+    return GenerationOutput(ids=out, scores=torch.tensor(out_scores, device=device), steps=steps)
+
+
+def decode_one(ids: torch.Tensor | list[int], tokenizer: Any, bos_token_id: int, eos_token_id: int) -> str:
+    """Text of one generated row: ids after BOS up to (excluding) the first EOS.
+
+    The reference's ``decode_one`` cuts at ``len - 1`` when no EOS is found, dropping the last generated token;
+    we keep it (a row without EOS simply ran out of length).
+    """
+    seq = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    body = seq[1:]
+    if eos_token_id in body:
+        body = body[: body.index(eos_token_id)]
+    hf = getattr(tokenizer, "tokenizer", tokenizer)  # lavila's HFGPT2Tokenizer wraps an HF tokenizer
+    return hf.decode(body, skip_special_tokens=False)
