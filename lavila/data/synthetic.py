@@ -1,0 +1,289 @@
+"""An embedded, procedurally rendered egocentric-style video-text set for the demo, tests and benchmarks.
+
+Nothing is downloaded: every clip is drawn from its index. A clip shows a table top seen from the wearer's head
+(brownish, textured, with a little camera shake), an arm and hand entering from the bottom edge and holding one
+coloured object that moves left, right, up ("lifts") or down ("puts down"), sometimes next to a static distractor
+object. Its narration is composed from the attributes, Ego4D style: ``"#C C moves the red cup to the left"``.
+
+Splits (attribute combination = colour x object x action, 6 x 5 x 4 = 120 combinations):
+
+* ``train``   - clips of the 96 *seen* combinations;
+* ``val``     - fresh renders of seen combinations (held-out clips);
+* ``heldout`` - the 24 combinations never shown in training (each colour, object and action does appear in
+  training, only not together): zero-shot retrieval here needs composition, not memorisation.
+
+Text sources mimic LaViLa's three kinds of supervision: ``human`` (one exact template per action), ``rephraser``
+(several paraphrases, one picked at random each time the clip is read) and ``narrator`` (paraphrases plus 15 %
+wrong attributes - a noisy pseudo-labeller). Tokens come from :class:`WordTokenizer`, a word-level vocabulary
+built from these templates (the CLIP BPE file is not available offline), with EOT the largest id so the CLIP text
+tower's argmax pooling finds it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 175, 60),
+    "blue": (45, 85, 225),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+    "cyan": (40, 205, 215),
+}
+OBJECTS = ("ball", "box", "plate", "bottle", "knife")
+ACTIONS = ("left", "right", "lift", "put_down")
+_DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "lift": (0.0, -1.0), "put_down": (0.0, 1.0)}
+
+HUMAN_TEMPLATES = {
+    "left": "#C C moves the {c} {o} to the left",
+    "right": "#C C moves the {c} {o} to the right",
+    "lift": "#C C lifts the {c} {o}",
+    "put_down": "#C C puts down the {c} {o}",
+}
+PARAPHRASES = {
+    "left": ["#C C slides the {c} {o} left", "#C C pushes the {c} {o} towards the left",
+             "#C C shifts the {c} {o} leftwards"],
+    "right": ["#C C slides the {c} {o} right", "#C C pushes the {c} {o} towards the right",
+              "#C C shifts the {c} {o} rightwards"],
+    "lift": ["#C C picks up the {c} {o}", "#C C raises the {c} {o}", "#C C lifts up the {c} {o}"],
+    "put_down": ["#C C places the {c} {o} down", "#C C lowers the {c} {o}", "#C C sets down the {c} {o}"],
+}
+TEXT_SOURCES = ("human", "rephraser", "narrator")
+SPLITS = ("train", "val", "heldout")
+
+
+@dataclass(frozen=True)
+class Combo:
+    colour: str
+    obj: str
+    action: str
+
+    def caption(self) -> str:
+        return HUMAN_TEMPLATES[self.action].format(c=self.colour, o=self.obj)
+
+
+def all_combos() -> list[Combo]:
+    return [Combo(c, o, a) for c, o, a in itertools.product(COLOURS, OBJECTS, ACTIONS)]
+
+
+def is_heldout(combo: Combo) -> bool:
+    """24 of 120 combinations, chosen so that every colour, object and action still occurs in training."""
+    c, o, a = list(COLOURS).index(combo.colour), OBJECTS.index(combo.obj), ACTIONS.index(combo.action)
+    return (c + 2 * o + 3 * a) % 5 == 0
+
+
+def split_combos(split: str) -> list[Combo]:
+    if split not in SPLITS:
+        raise ValueError(f"unknown synthetic split {split!r}; choose from {SPLITS}")
+    return [k for k in all_combos() if is_heldout(k) == (split == "heldout")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _template_words() -> list[str]:
+    texts = list(HUMAN_TEMPLATES.values()) + [t for v in PARAPHRASES.values() for t in v]
+    words = {w for t in texts for w in t.lower().split() if w not in ("{c}", "{o}")}
+    return sorted(words | set(COLOURS) | set(OBJECTS))
+
+
+class WordTokenizer:
+    """Word-level tokenizer over the synthetic vocabulary: ``[SOT] words [EOT]``, zero padded, EOT = max id.
+
+    Lower-cases and splits on whitespace; unknown words map to ``<unk>``. Used only by the synthetic set (the real
+    recipes use the CLIP BPE or WordPiece tokenizers of ``lavila.models.tokenizers``).
+    """
+
+    PAD, UNK = 0, 1
+
+    def __init__(self, words: Sequence[str] | None = None, context_length: int = 16) -> None:
+        self.words = list(words if words is not None else _template_words())
+        self.index = {w: i + 2 for i, w in enumerate(self.words)}
+        self.sot = len(self.words) + 2
+        self.eot = self.sot + 1
+        self.vocab_size = self.eot + 1
+        self.context_length = context_length
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(w, self.UNK) for w in text.lower().split()]
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
+        ctx = context_length or self.context_length
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        out = torch.zeros(len(batch), ctx, dtype=torch.long)
+        for row, text in enumerate(batch):
+            ids = [self.sot] + self.encode(text)[: ctx - 2] + [self.eot]
+            out[row, : len(ids)] = torch.tensor(ids)
+        return out[0] if single else out
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        inverse = {i: w for w, i in self.index.items()}
+        return " ".join(inverse.get(int(i), "<unk>") for i in ids if int(i) not in (self.PAD, self.sot, self.eot))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _shape_mask(obj: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float) -> np.ndarray:
+    dy, dx = yy - cy, xx - cx
+    if obj == "ball":
+        return dy**2 + dx**2 <= r**2
+    if obj == "box":
+        return (np.abs(dy) <= 0.85 * r) & (np.abs(dx) <= 0.85 * r)
+    if obj == "plate":
+        d2 = dy**2 + dx**2
+        return (d2 <= (1.1 * r) ** 2) & (d2 >= (0.55 * r) ** 2)
+    if obj == "bottle":
+        return (np.abs(dx) <= 0.4 * r) & (np.abs(dy) <= 1.2 * r)
+    if obj == "knife":
+        return (np.abs(dx) <= 1.4 * r) & (np.abs(dy) <= 0.25 * r)
+    raise ValueError(f"unknown object {obj!r}")
+
+
+def render_clip(combo: Combo, rng: np.random.Generator, num_frames: int = 4, size: int = 40,
+                distractor_prob: float = 0.5) -> np.ndarray:
+    """uint8 ``[T, size, size, 3]`` frames of one action (deterministic given `rng`)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    base = np.array([130, 105, 80], np.float32) + rng.uniform(-25, 25, 3)
+    grain = rng.normal(0, 6, (size, size, 1)).astype(np.float32)
+    light = (1.0 + 0.25 * (xx / size - 0.5) * rng.uniform(-1, 1))[..., None]
+    table = np.clip((base[None, None] + grain) * light, 0, 255)
+
+    r = size * rng.uniform(0.10, 0.14)
+    travel = size * rng.uniform(0.28, 0.38)
+    dx, dy = _DIRECTIONS[combo.action]
+    margin = r * 1.6 + 1
+    # start so that the whole path stays in the frame
+    cx0 = rng.uniform(margin + max(0, -dx) * travel, size - margin - max(0, dx) * travel)
+    cy0 = rng.uniform(margin + max(0, -dy) * travel, size - margin - max(0, dy) * travel)
+    colour = np.clip(np.array(COLOURS[combo.colour], np.float32) + rng.uniform(-20, 20, 3), 0, 255)
+    skin = np.clip(np.array([225, 175, 145], np.float32) + rng.uniform(-25, 15, 3), 0, 255)
+
+    distractor = None
+    if rng.random() < distractor_prob:
+        d_colour = rng.choice([c for c in COLOURS if c != combo.colour])
+        d_obj = rng.choice([o for o in OBJECTS if o != combo.obj])
+        distractor = (d_obj, rng.uniform(margin, size - margin), rng.uniform(margin, size - margin),
+                      np.array(COLOURS[d_colour], np.float32))
+
+    frames = np.empty((num_frames, size, size, 3), np.uint8)
+    for t in range(num_frames):
+        frac = t / max(num_frames - 1, 1)
+        shake_y, shake_x = rng.normal(0, size * 0.015, 2)
+        cx, cy = cx0 + dx * travel * frac + shake_x, cy0 + dy * travel * frac + shake_y
+        img = table.copy()
+        if distractor is not None:
+            d_obj, d_x, d_y, d_col = distractor
+            img[_shape_mask(d_obj, yy, xx, d_y + shake_y, d_x + shake_x, r * 0.9)] = d_col
+        # the arm: a thick band from the bottom edge to the hand, drawn under the object
+        hx, hy = cx + 0.6 * r, cy + 0.9 * r
+        ax = hx + (size * 0.2)
+        t_line = np.clip(((xx - ax) * (hx - ax) + (yy - size) * (hy - size)) /
+                         max((hx - ax) ** 2 + (hy - size) ** 2, 1e-6), 0, 1)
+        dist = np.hypot(xx - (ax + t_line * (hx - ax)), yy - (size + t_line * (hy - size)))
+        img[dist <= 0.45 * r] = skin * 0.9
+        img[(xx - hx) ** 2 / (0.7 * r) ** 2 + (yy - hy) ** 2 / (0.55 * r) ** 2 <= 1] = skin
+        img[_shape_mask(combo.obj, yy, xx, cy, cx, r)] = colour
+        img += rng.normal(0, 3, img.shape).astype(np.float32)
+        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dataset
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def caption_for(combo: Combo, source: str, rng: random.Random) -> str:
+    if source == "human":
+        return combo.caption()
+    if source == "rephraser":
+        return rng.choice(PARAPHRASES[combo.action]).format(c=combo.colour, o=combo.obj)
+    if source == "narrator":
+        colour, obj = combo.colour, combo.obj
+        if rng.random() < 0.15:
+            colour = rng.choice(list(COLOURS))
+        if rng.random() < 0.15:
+            obj = rng.choice(OBJECTS)
+        template = rng.choice([HUMAN_TEMPLATES[combo.action]] + PARAPHRASES[combo.action])
+        return template.format(c=colour, o=obj)
+    raise ValueError(f"unknown synthetic text source {source!r}; choose from {TEXT_SOURCES}")
+
+
+class SyntheticEgoClips(Dataset):
+    """``len(self)`` clips of `split`; item `i` is a dict ``{video [3,T,S,S] float, text [L] long, caption str}``.
+
+    Clip `i` always shows the same combination and the same rendering (seeded by ``(seed, split, i)``); what
+    varies per read is drawn from the global RNGs - the random crop in training, the paraphrase picked for
+    ``rephraser``/``narrator`` text - so the trainer's per-sample seeding makes runs reproducible.
+    """
+
+    def __init__(self, split: str = "train", size: int = 1024, *, num_frames: int = 4, img_size: int = 32,
+                 text_source: str = "human", seed: int = 0, train_augment: bool | None = None,
+                 tokenizer: WordTokenizer | None = None, model_name: str = "CLIP_OPENAI_TIMESFORMER_BASE",
+                 distractor_prob: float = 0.5) -> None:
+        if text_source not in TEXT_SOURCES:
+            raise ValueError(f"unknown synthetic text source {text_source!r}; choose from {TEXT_SOURCES}")
+        if size <= 0:
+            raise ValueError(f"synthetic set size must be positive, got {size}")
+        self.split, self.size, self.num_frames, self.img_size = split, size, num_frames, img_size
+        self.text_source, self.seed = text_source, seed
+        self.combos = split_combos(split)
+        self.augment = (split == "train") if train_augment is None else train_augment
+        self.tokenizer = tokenizer or WordTokenizer()
+        self.render_size = img_size + img_size // 4 if self.augment else img_size
+        self.distractor_prob = distractor_prob
+        from lavila.data.transforms import eval_transform, normalization_for, train_transform
+
+        mean, std = normalization_for(model_name)
+        self.transform = (train_transform(img_size, mean, std, scale=(0.7, 1.0)) if self.augment
+                          else eval_transform(img_size, mean, std))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def combo(self, index: int) -> Combo:
+        return self.combos[index % len(self.combos)]
+
+    def frames(self, index: int) -> np.ndarray:
+        split_id = SPLITS.index(self.split)
+        rng = np.random.default_rng([self.seed, split_id, index])
+        return render_clip(self.combo(index), rng, self.num_frames, self.render_size, self.distractor_prob)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.size:
+            raise IndexError(f"synthetic {self.split} index {index} out of range [0, {self.size})")
+        video = self.transform(torch.from_numpy(self.frames(index)).float())
+        caption = caption_for(self.combo(index), self.text_source,
+                              random.Random(random.getrandbits(32)))
+        return {"video": video, "text": self.tokenizer(caption), "caption": caption}
+
+
+def heldout_groups(num_groups: int, seed: int = 0, **kwargs) -> SyntheticEgoClips:
+    """`num_groups` x 24 held-out clips; rows ``g*24 .. g*24+23`` have 24 distinct captions (one per combination)."""
+    return SyntheticEgoClips("heldout", num_groups * len(split_combos("heldout")), seed=seed, **kwargs)
+
+
+def chance_recall(k: int, n: int) -> float:
+    return min(k, n) / n
+
+
+def chance_median_rank(n: int) -> float:
+    return (n + 1) / 2
+
+
+__all__ = ["COLOURS", "OBJECTS", "ACTIONS", "Combo", "SyntheticEgoClips", "WordTokenizer", "all_combos",
+           "chance_recall", "chance_median_rank", "heldout_groups", "is_heldout", "render_clip", "split_combos"]

@@ -1,0 +1,409 @@
+"""Tasks: what differs between trainings, so that one loop (``lavila.train.loop``) runs them all.
+
+A task turns a :class:`~lavila.config.TrainConfig` into a model, a criterion and datasets, and maps one batch to a
+dict of losses. The loop owns everything else: devices, DDP/ZeRO/FSDP, AMP, accumulation, clipping, the learning-rate
+schedule, checkpoints, resume, signals, logging. The protocol, in calling order:
+
+===========================================  ====================================================================
+``Options``  (class attribute)               dataclass of the task's own config keys (``lavila.config.option``)
+``build_model() -> nn.Module``               on CPU; the loop moves, wraps and (re)loads it
+``build_criterion() -> nn.Module``           may own parameters (they are optimised, never decayed)
+``build_train_dataset() -> Dataset``         map-style; items are whatever ``collate`` understands
+``build_val_dataset() -> Dataset | None``    for the validation loss every ``eval_freq`` epochs
+``collate(items) -> batch``                  default ``torch.utils.data.default_collate``
+``param_groups(model, criterion)``           default: the reference's decay / no-decay split
+``compute_loss(model, criterion, batch)``    batch already on the device; returns ``{"loss": ..., metrics}``
+``after_optimizer_step(model, criterion)``   e.g. clamp ``logit_scale`` (model unwrapped)
+``evaluate(model, device) -> dict | None``   benchmark metrics per epoch; the key ``"score"`` selects the best
+``load_weights(model, state_dict, strict)``  how ``--resume``/``--init-from`` weights map onto the model
+``fsdp_units(model) -> list[nn.Module]``     blocks to shard with FSDP2 (default: every ModuleList element)
+===========================================  ====================================================================
+
+Tasks are found by name in :data:`TASKS` (``"module:Class"`` strings, imported lazily), or given directly as
+``task: my.module:MyTask`` in a config file. The dual-encoder (CLIP-style) pre-training task lives here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset, default_collate
+
+from lavila.config import ConfigError, NoOptions, TrainConfig, option
+from lavila.train.optim import clamp_logit_scale, reference_param_groups
+
+# name -> "module:Class". Other packages add their tasks here (or use `task: module:Class` in a config).
+TASKS: dict[str, str] = {
+    "dual_encoder": "lavila.train.tasks:DualEncoderTask",
+    "narrator": "lavila.narrate.task:NarratorTask",
+}
+
+
+def get_task_class(name: str) -> type[Task]:
+    """Resolve a task name (or ``module:Class``) to its class without building anything."""
+    target = TASKS.get(name, name if ":" in name else None)
+    if target is None:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))} (or give module:Class)")
+    module_name, cls_name = target.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise KeyError(f"task {name!r}: cannot import {module_name} ({err})") from err
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise KeyError(f"task {name!r}: {module_name} has no {cls_name}")
+    return cls
+
+
+def register_task(name: str, target: str | type[Task]) -> None:
+    """Register a task under `name` (a ``module:Class`` string or the class itself)."""
+    TASKS[name] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+
+
+def make_task(cfg: TrainConfig) -> Task:
+    return get_task_class(cfg.task or "dual_encoder")(cfg)
+
+
+class Task:
+    """Base class with the defaults of the protocol above; subclasses implement the four ``build_*``/loss methods."""
+
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.opts = cfg.task_cfg if cfg.task_cfg is not None else self.Options()
+
+    # --- required ---------------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_criterion(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_train_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def compute_loss(self, model: nn.Module, criterion: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # --- optional ---------------------------------------------------------------------------------------------
+    def build_val_dataset(self) -> Dataset | None:
+        return None
+
+    def collate(self, items: list[Any]) -> Any:
+        return default_collate(items)
+
+    def param_groups(self, model: nn.Module, criterion: nn.Module) -> list[dict]:
+        return reference_param_groups(model, criterion, self.cfg.wd)
+
+    def after_optimizer_step(self, model: nn.Module, criterion: nn.Module) -> None:
+        pass
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float] | None:
+        return None
+
+    def load_weights(self, model: nn.Module, state_dict: dict[str, Any], strict: bool) -> list[str]:
+        """Load (reference or own) weights; returns missing keys. Strips ``module.``, adapts frame count."""
+        from lavila.models.checkpoint import load_state_dict_into
+
+        return load_state_dict_into(model, state_dict, strict=strict)
+
+    def fsdp_units(self, model: nn.Module) -> list[nn.Module]:
+        return [m for module_list in model.modules() if isinstance(module_list, nn.ModuleList) for m in module_list]
+
+    def batch_size_of(self, batch: Any) -> int:
+        if isinstance(batch, dict):
+            batch = next(iter(batch.values()))
+        if isinstance(batch, list | tuple):
+            batch = batch[0]
+        return int(batch.shape[0]) if isinstance(batch, torch.Tensor) else len(batch)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dual-encoder (CLIP-style video-text) pre-training: baseline and LaViLa
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DualEncoderOptions:
+    norm_embed: bool = option(False, "L2-normalise both embeddings inside the model (every released model)")
+    freeze_temperature: bool = option(False, "keep logit_scale fixed at log(1/temperature_init)")
+    temperature_init: float = option(0.07, "initial temperature", positive=True)
+    contrastive_use_vissl: bool = option(False, "global-batch loss with gather-with-gradient (VISSL style)")
+    freeze_pseudo_temperature: bool = option(False, "keep the narrator-pair temperature fixed (SSL loss)")
+    pseudo_temperature_init: float = option(0.07, "initial temperature of narrator-text pairs", positive=True)
+    metadata_aux: list[str] | None = option(
+        None, "extra (narrator) metadata files mixed in as pseudo-labelled data -> SSLCLIPLoss")
+    project_embed_dim: int = option(256, "joint embedding size", positive=True)
+    use_cls_token: bool = option(False, "recorded in args for loaders (the reference flag); DistilBERT towers "
+                                 "always pool at CLS, CLIP text towers at EOT")
+    drop_path_rate: float = option(0.0, "stochastic depth in the video tower", min=0)
+    pretrained: bool = option(True, "initialise both towers from OpenAI CLIP as the reference does")
+    clip_weights: str = option("", "OpenAI CLIP weights (.pt file, HF folder or hub name); default by model")
+    ssl_faithful: bool = option(True, "SSL loss: bool GT indicators (human/human pairs use the mixed scale, "
+                                "as the reference did); false = intended 3-way temperature rule")
+    video_chunk_len: int = option(300, "ego4d: seconds per video chunk; -1 = <root>/<uid>.mp4 whole videos")
+    video_fps: float = option(30, "ego4d: frame rate of the chunks; -1 = read from each file")
+    max_decode_failures: float = option(0.05, "abort if more than this fraction of clips fail to decode", min=0)
+    # embedded synthetic data (dataset: synthetic)
+    synthetic_train_size: int = option(2048, "synthetic: training clips", positive=True)
+    synthetic_eval_groups: int = option(4, "synthetic: held-out groups of 24 clips for retrieval eval", min=0)
+    synthetic_text: str = option("human", "synthetic: text source of the main set",
+                                 choices=("human", "rephraser", "narrator"))
+    synthetic_distractor_prob: float = option(0.5, "synthetic: probability of a static distractor object", min=0)
+
+    def validate(self, cfg: TrainConfig, where: Any) -> None:
+        if cfg.dataset not in ("ego4d", "synthetic"):
+            raise ConfigError(f"{where('dataset')}: the dual_encoder task reads 'ego4d' or 'synthetic', "
+                              f"got {cfg.dataset!r}")
+        if cfg.dataset == "ego4d" and "train" not in cfg.metadata:
+            raise ConfigError(f"{where('metadata')}: must contain 'train' (the validation file is found by "
+                              f"replacing it with 'val'), got {cfg.metadata!r}")
+        if cfg.dataset == "synthetic":
+            for src in self.metadata_aux or []:
+                if src not in ("human", "rephraser", "narrator"):
+                    raise ConfigError(f"{where('metadata_aux')}: with dataset synthetic each entry names a text "
+                                      f"source (human, rephraser, narrator), got {src!r}")
+
+
+def as_item_dict(item: Any) -> dict:
+    """Normalise a dataset item to ``{video, text[, attention_mask][, gt]}``.
+
+    Accepts dicts (the synthetic set), the reference's tuples ``(frames, ids[, mask], relevancy)`` and the mix's
+    ``(indicator, item)`` pairs.
+    """
+    if isinstance(item, dict):
+        return dict(item)
+    if isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], int | bool) \
+            and isinstance(item[1], list | tuple | dict):
+        out = as_item_dict(item[1])  # (indicator, item) from the --metadata-aux mix: 1 human, 0 narrator
+        out["gt"] = bool(item[0])
+        return out
+    if isinstance(item, list | tuple):
+        # (frames, ids[, mask], relevancy) or (frames, ids)
+        out = {"video": item[0], "text": item[1]}
+        if len(item) >= 3 and isinstance(item[2], torch.Tensor) and item[2].shape == torch.as_tensor(item[1]).shape:
+            out["attention_mask"] = item[2]
+        return out
+    raise TypeError(f"dataset item must be a dict or a (frames, text, ...) tuple, got {type(item).__name__}")
+
+
+class DualEncoderTask(Task):
+    """CLIP-style video-text pre-training: the baseline (human narrations) and LaViLa (+ narrator text).
+
+    With ``metadata_aux`` the main set's items are marked human (``gt``), each auxiliary set's narrator, all are
+    concatenated and shuffled together, and the loss becomes SSLCLIPLoss with its own pseudo temperature.
+    """
+
+    Options = DualEncoderOptions
+    opts: DualEncoderOptions
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__(cfg)
+        self._tokenizer: Any = None
+
+    # --- text ---------------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            if self.cfg.dataset == "synthetic":
+                from lavila.data.synthetic import WordTokenizer
+
+                ctx = self.cfg.model_overrides.get("text_context_length", 16)
+                self._tokenizer = WordTokenizer(context_length=ctx)
+            else:
+                from lavila.models.tokenizers import get_tokenizer
+
+                self._tokenizer = get_tokenizer(self.cfg.model)
+        return self._tokenizer
+
+    # --- model --------------------------------------------------------------------------------------------------
+    def model_overrides(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "num_frames": self.cfg.clip_length,
+            "embed_dim": self.opts.project_embed_dim,
+            "norm_embed": self.opts.norm_embed,
+            "temperature_init": self.opts.temperature_init,
+            "drop_path_rate": self.opts.drop_path_rate,
+        }
+        if self.cfg.dataset == "synthetic":
+            kw.update(text_vocab_size=self.tokenizer.vocab_size, text_context_length=self.tokenizer.context_length)
+        kw.update(self.cfg.model_overrides)
+        return kw
+
+    def build_model(self) -> nn.Module:
+        from lavila.models.registry import create_model
+
+        model = create_model(self.cfg.model, **self.model_overrides())
+        if self.opts.pretrained:
+            from lavila.models.clip_init import init_from_openai_clip
+
+            report = init_from_openai_clip(model, self.opts.clip_weights or None)
+            print(f"initialised from OpenAI CLIP ({report['source']}); projections: {report['projections']}")
+        if self.cfg.use_checkpoint:
+            model.set_grad_checkpointing(True)
+        if self.opts.freeze_temperature:
+            model.freeze_temperature()
+        return model
+
+    def build_criterion(self) -> nn.Module:
+        from lavila.models.losses import CLIPLoss, SSLCLIPLoss
+
+        if self.opts.metadata_aux:
+            return SSLCLIPLoss(pseudo_temperature_init=self.opts.pseudo_temperature_init,
+                               freeze=self.opts.freeze_pseudo_temperature, faithful=self.opts.ssl_faithful)
+        return CLIPLoss(use_vissl=self.opts.contrastive_use_vissl)
+
+    # --- data ---------------------------------------------------------------------------------------------------
+    def _synthetic(self, split: str, size: int, text_source: str, seed_offset: int = 0) -> Dataset:
+        from lavila.data.synthetic import SyntheticEgoClips
+
+        vision = self._vision_config()
+        return SyntheticEgoClips(split, size, num_frames=self.cfg.clip_length, img_size=vision.img_size,
+                                 text_source=text_source, seed=self.cfg.seed + seed_offset, tokenizer=self.tokenizer,
+                                 model_name=self.cfg.model, distractor_prob=self.opts.synthetic_distractor_prob)
+
+    def _vision_config(self) -> Any:
+        from lavila.models.registry import get_config
+
+        return get_config(self.cfg.model, **self.model_overrides()).vision
+
+    def _ego4d_kwargs(self, is_training: bool) -> dict[str, Any]:
+        from lavila.data.transforms import eval_transform, normalization_for, train_transform
+
+        crop = self._vision_config().img_size
+        mean, std = normalization_for(self.cfg.model)
+        transform = train_transform(crop, mean, std) if is_training else eval_transform(crop, mean, std)
+        return {"transform": transform, "tokenizer": self.tokenizer, "clip_length": self.cfg.clip_length,
+                "is_training": is_training, "chunk_len": self.opts.video_chunk_len, "fps": self.opts.video_fps,
+                "seed": self.cfg.seed}
+
+    def build_train_dataset(self) -> Dataset:
+        """The main set, or main + auxiliary sets as ``(1, item)`` / ``(0, item)`` shuffled together."""
+        from lavila.data.datasets import LabeledDataset, build_pretrain_dataset
+        from lavila.data.robust import DecodeFailures
+
+        if self.cfg.dataset == "ego4d":
+            return build_pretrain_dataset(self.cfg.root, self.cfg.metadata, self.opts.metadata_aux or (),
+                                          failures=DecodeFailures(self.opts.max_decode_failures),
+                                          **self._ego4d_kwargs(is_training=True))
+        main = self._synthetic("train", self.opts.synthetic_train_size, self.opts.synthetic_text)
+        if not self.opts.metadata_aux:
+            return main
+        aux = [self._synthetic("train", self.opts.synthetic_train_size, src, seed_offset=1 + i)
+               for i, src in enumerate(self.opts.metadata_aux)]
+        return ConcatDataset([LabeledDataset(main, 1)] + [LabeledDataset(a, 0) for a in aux])
+
+    def build_val_dataset(self) -> Dataset | None:
+        """Validation loss data: the training metadata with ``train`` -> ``val`` (reference rule), human text."""
+        from lavila.data.datasets import LabeledDataset, build_pretrain_dataset
+        from lavila.data.robust import DecodeFailures
+
+        if self.cfg.dataset == "synthetic":
+            val: Dataset = self._synthetic("val", 96, "human")
+        else:
+            path = self.cfg.metadata.replace("train", "val")
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"validation metadata {path} (metadata with train -> val) not found; "
+                                        "the validation loss runs every eval_freq epochs")
+            val = build_pretrain_dataset(self.cfg.root, path, failures=DecodeFailures(self.opts.max_decode_failures),
+                                         **self._ego4d_kwargs(is_training=False))
+        return LabeledDataset(val, 1) if self.opts.metadata_aux else val
+
+    def collate(self, items: list[Any]) -> dict[str, Any]:
+        items = [as_item_dict(it) for it in items]
+        batch = default_collate([{k: v for k, v in it.items() if k != "caption"} for it in items])
+        if "gt" in batch:
+            batch["gt"] = batch["gt"].bool()
+        return batch
+
+    # --- step ---------------------------------------------------------------------------------------------------
+    def compute_loss(self, model: nn.Module, criterion: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = model(batch["video"], batch["text"], batch.get("attention_mask"))
+        out = {k: v.float() for k, v in out.items()}  # the loss in fp32 even under autocast
+        if "gt" in batch:
+            out["gt_indicators"] = batch["gt"]
+        return criterion(out)
+
+    def after_optimizer_step(self, model: nn.Module, criterion: nn.Module) -> None:
+        clamp_logit_scale(model)
+
+    # --- evaluation ---------------------------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float] | None:
+        if self.cfg.dataset != "synthetic" or self.opts.synthetic_eval_groups == 0:
+            return None  # EK-100 MIR zero-shot runs with `lavila eval` on saved checkpoints
+        from lavila.data.synthetic import heldout_groups
+
+        vision = self._vision_config()
+        data = heldout_groups(self.opts.synthetic_eval_groups, seed=self.cfg.seed + 1000,
+                              num_frames=self.cfg.clip_length, img_size=vision.img_size, tokenizer=self.tokenizer,
+                              model_name=self.cfg.model, distractor_prob=self.opts.synthetic_distractor_prob)
+        return grouped_retrieval(model, data, group_size=len(_heldout()), device=device)
+
+
+def _heldout() -> list[Any]:
+    from lavila.data.synthetic import split_combos
+
+    return split_combos("heldout")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Retrieval metrics (text <-> video) on groups of clips with one distinct caption each
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def retrieval_ranks(similarity: torch.Tensor) -> torch.Tensor:
+    """1-based rank of the matching (diagonal) item in each row of a square similarity matrix."""
+    diag = similarity.diagonal()[:, None]
+    return (similarity > diag).sum(dim=1) + 1
+
+
+def retrieval_metrics(similarity: torch.Tensor, prefix: str) -> dict[str, float]:
+    ranks = retrieval_ranks(similarity).float()
+    return {f"{prefix}_R@1": 100 * (ranks <= 1).float().mean().item(),
+            f"{prefix}_R@5": 100 * (ranks <= 5).float().mean().item(),
+            f"{prefix}_MedR": ranks.median().item()}
+
+
+@torch.no_grad()
+def embed_dataset(model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 48,
+                  indices: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised (video, text) embeddings of `data` items, in order."""
+    was_training = model.training
+    model.eval()
+    videos, texts = [], []
+    order = list(range(len(data))) if indices is None else list(indices)  # type: ignore[arg-type]
+    for start in range(0, len(order), batch_size):
+        items = [as_item_dict(data[i]) for i in order[start:start + batch_size]]
+        video = torch.stack([it["video"] for it in items]).to(device)
+        text = torch.stack([it["text"] for it in items]).to(device)
+        mask = torch.stack([it["attention_mask"] for it in items]).to(device) if "attention_mask" in items[0] else None
+        videos.append(torch.nn.functional.normalize(model.encode_image(video).float(), dim=-1).cpu())
+        texts.append(torch.nn.functional.normalize(model.encode_text(text, mask).float(), dim=-1).cpu())
+    model.train(was_training)
+    return torch.cat(videos), torch.cat(texts)
+
+
+def grouped_retrieval(model: nn.Module, data: Dataset, group_size: int, device: torch.device) -> dict[str, float]:
+    """Mean over groups of R@1/R@5/median rank, text->video and video->text, plus ``score`` = mean R@1."""
+    from lavila.train.state import seeded_rngs
+
+    with seeded_rngs(0):  # the same clips every time, and the training RNG streams are left alone
+        video, text = embed_dataset(model, data, device)
+    groups = len(video) // group_size
+    if groups == 0:
+        raise ValueError(f"retrieval needs at least {group_size} clips, got {len(video)}")
+    sums: dict[str, float] = {}
+    for g in range(groups):
+        sl = slice(g * group_size, (g + 1) * group_size)
+        sim = text[sl] @ video[sl].T
+        for k, v in {**retrieval_metrics(sim, "t2v"), **retrieval_metrics(sim.T, "v2t")}.items():
+            sums[k] = sums.get(k, 0.0) + v / groups
+    sums["score"] = (sums["t2v_R@1"] + sums["v2t_R@1"]) / 2
+    return sums
