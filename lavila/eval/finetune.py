@@ -16,8 +16,8 @@ Reference quirk kept on purpose (``head_lr_quirk: true``): with the cosine sched
 the new head included, runs at ``schedule x lr_multiplier_on_backbone``, i.e. the head does *not* get a 10x larger
 rate than the backbone. Set it false for the evidently intended behaviour (head at the full rate).
 
-The loop builds AdamW; the reference's classification recipes use SGD (``use_sgd``). :meth:`build_optimizer`
-returns the SGD optimiser for a loop that asks its task for one.
+The loop asks each task for its optimiser: AdamW by default, SGD with momentum for the reference's classification
+recipes (``use_sgd``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from lavila.data.transforms import eval_transform, normalization_for, train_tran
 from lavila.eval import metrics
 from lavila.eval.embed import embed_dataset, encode_texts, l2_normalize
 from lavila.eval.zeroshot import class_text_embeddings, score_finetuned_ek100, softmax
-from lavila.train.optim import clamp_logit_scale, is_no_decay
+from lavila.train.optim import build_optimizer, clamp_logit_scale, is_no_decay
 from lavila.train.tasks import Task
 
 RETRIEVAL_DATASETS = ("ek100_mir", "charades_ego")
@@ -136,14 +136,16 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class EveryN:
-    """Counts the loop's end-of-epoch evaluation calls and says which ones should run (reference: every 5)."""
+    """Which end-of-epoch evaluations run (reference: every 5 epochs and after the last).
+
+    Keyed on the number of finished epochs the loop hands the task, so the schedule survives a resume.
+    """
 
     def __init__(self, every: int, total: int) -> None:
-        self.every, self.total, self.calls = every, total, 0
+        self.every, self.total = every, total
 
-    def __call__(self) -> bool:
-        self.calls += 1
-        return self.calls % self.every == 0 or self.calls == self.total
+    def __call__(self, epochs_done: int) -> bool:
+        return epochs_done % self.every == 0 or epochs_done == self.total
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ class RetrievalFinetuneTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float] | None:
-        if not self.opts.metadata_val or not self._should_eval():
+        if not self.opts.metadata_val or not self._should_eval(self.epoch):
             return None
         was_training = model.training
         model.eval()
@@ -373,13 +375,13 @@ class ClassificationFinetuneTask(Task):
             {"params": hnwd, "weight_decay": 0.0, "lr_scale": head_scale, "name": "head_bias"},
         ]
 
-    def build_optimizer(self, param_groups: list[dict]) -> torch.optim.Optimizer:
-        """SGD with momentum ``betas[0]`` (``use_sgd``, the documented recipes) or AdamW."""
-        groups = [g for g in param_groups if g["params"]]
-        if self.opts.use_sgd:
-            return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.betas[0], weight_decay=self.cfg.wd)
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, eps=self.cfg.eps,
-                                 weight_decay=self.cfg.wd)
+    def build_optimizer(self, param_groups: list[dict], use_zero: bool = False) -> torch.optim.Optimizer:
+        """SGD with momentum ``betas[0]`` (``use_sgd``, the documented recipes) or the loop's AdamW."""
+        if not self.opts.use_sgd:
+            return super().build_optimizer(param_groups, use_zero)
+        return build_optimizer(param_groups, self.cfg.lr, self.cfg.betas, self.cfg.eps, self.cfg.wd,
+                               use_zero=use_zero, optimizer_class=torch.optim.SGD,
+                               momentum=self.cfg.betas[0])
 
     # --- data ---------------------------------------------------------------------------------------------------
     def _crop_norm(self) -> tuple[int, tuple, tuple]:
@@ -415,7 +417,7 @@ class ClassificationFinetuneTask(Task):
     # --- evaluation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float] | None:
-        if not self.opts.metadata_val or not self._should_eval():
+        if not self.opts.metadata_val or not self._should_eval(self.epoch):
             return None
         was_training = model.training
         model.eval()

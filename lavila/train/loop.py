@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from lavila.config import TrainConfig
 from lavila.train import dist
-from lavila.train.optim import LRSchedule, build_optimizer, clip_gradients, optimizer_state_for_checkpoint, set_lr
+from lavila.train.optim import LRSchedule, clip_gradients, optimizer_state_for_checkpoint, set_lr
 from lavila.train.state import (
     LAST,
     ResumableDistributedSampler,
@@ -432,8 +432,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo,
             find_unused_parameters=cfg.find_unused_parameters)
 
     # --- optimiser, precision -----------------------------------------------------------------------------
-    optimizer = build_optimizer(task.param_groups(bare_model, criterion), cfg.lr, cfg.betas, cfg.eps, cfg.wd,
-                                use_zero=cfg.use_zero and world > 1)
+    optimizer = task.build_optimizer(task.param_groups(bare_model, criterion), use_zero=cfg.use_zero and world > 1)
     use_amp, amp_dtype = amp_settings(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
 
@@ -471,6 +470,7 @@ def _train(cfg: TrainConfig, info: dist.DistInfo,
     def evaluate(kind: str) -> dict[str, float] | None:
         if fsdp:
             model.unshard()  # the root's own parameters; blocks unshard in their forward hooks
+        task.epoch = progress.epoch
         metrics = task.evaluate(bare_model, device)
         if fsdp:
             model.reshard()

@@ -38,20 +38,27 @@ def reference_param_groups(model: nn.Module, criterion: nn.Module | None, weight
 
 
 def build_optimizer(param_groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
-                    weight_decay: float, use_zero: bool = False) -> torch.optim.Optimizer:
-    """AdamW over `param_groups`; with `use_zero` its state is sharded over ranks (ZeRO stage 1)."""
+                    weight_decay: float, use_zero: bool = False,
+                    optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
+                    **optimizer_kwargs: Any) -> torch.optim.Optimizer:
+    """AdamW (or ``optimizer_class``, e.g. SGD for classification fine-tuning) over `param_groups`.
+
+    With `use_zero` the optimiser state is sharded over ranks (ZeRO stage 1).
+    """
     groups = [g for g in param_groups if g["params"]]
     if not groups:
         raise ValueError("no trainable parameters: everything is frozen")
+    if optimizer_class is torch.optim.AdamW:
+        optimizer_kwargs = {"betas": betas, "eps": eps, **optimizer_kwargs}
     if use_zero:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
-        zero = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=torch.optim.AdamW, lr=lr, betas=betas,
-                                       eps=eps, weight_decay=groups[0].get("weight_decay", weight_decay))
+        zero = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=optimizer_class, lr=lr,
+                                       weight_decay=groups[0].get("weight_decay", weight_decay), **optimizer_kwargs)
         for g in groups[1:]:
             zero.add_param_group(g)
         return zero
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    return optimizer_class(groups, lr=lr, weight_decay=weight_decay, **optimizer_kwargs)
 
 
 def optimizer_state_for_checkpoint(optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:

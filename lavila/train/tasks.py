@@ -12,9 +12,11 @@ schedule, checkpoints, resume, signals, logging. The protocol, in calling order:
 ``build_val_dataset() -> Dataset | None``    for the validation loss every ``eval_freq`` epochs
 ``collate(items) -> batch``                  default ``torch.utils.data.default_collate``
 ``param_groups(model, criterion)``           default: the reference's decay / no-decay split
+``build_optimizer(groups, use_zero)``        default: AdamW (ZeRO-sharded with ``use_zero``)
 ``compute_loss(model, criterion, batch)``    batch already on the device; returns ``{"loss": ..., metrics}``
 ``after_optimizer_step(model, criterion)``   e.g. clamp ``logit_scale`` (model unwrapped)
-``evaluate(model, device) -> dict | None``   benchmark metrics per epoch; the key ``"score"`` selects the best
+``evaluate(model, device) -> dict | None``   benchmark metrics per epoch; the key ``"score"`` selects the best;
+                                             ``self.epoch`` = finished epochs (set by the loop, resume-proof)
 ``load_weights(model, state_dict, strict)``  how ``--resume``/``--init-from`` weights map onto the model
 ``fsdp_units(model) -> list[nn.Module]``     blocks to shard with FSDP2 (default: every ModuleList element)
 ===========================================  ====================================================================
@@ -36,12 +38,14 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, default_collate
 
 from lavila.config import ConfigError, NoOptions, TrainConfig, option
-from lavila.train.optim import clamp_logit_scale, reference_param_groups
+from lavila.train.optim import build_optimizer, clamp_logit_scale, reference_param_groups
 
 # name -> "module:Class". Other packages add their tasks here (or use `task: module:Class` in a config).
 TASKS: dict[str, str] = {
     "dual_encoder": "lavila.train.tasks:DualEncoderTask",
     "narrator": "lavila.narrate.task:NarratorTask",
+    "finetune_retrieval": "lavila.eval.finetune:RetrievalFinetuneTask",
+    "finetune_classification": "lavila.eval.finetune:ClassificationFinetuneTask",
 }
 
 
@@ -74,6 +78,7 @@ class Task:
     """Base class with the defaults of the protocol above; subclasses implement the four ``build_*``/loss methods."""
 
     Options: ClassVar[type] = NoOptions
+    epoch: int = 0  # finished epochs, set by the loop before each evaluate()
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -101,6 +106,10 @@ class Task:
 
     def param_groups(self, model: nn.Module, criterion: nn.Module) -> list[dict]:
         return reference_param_groups(model, criterion, self.cfg.wd)
+
+    def build_optimizer(self, param_groups: list[dict], use_zero: bool = False) -> torch.optim.Optimizer:
+        c = self.cfg
+        return build_optimizer(param_groups, c.lr, c.betas, c.eps, c.wd, use_zero=use_zero)
 
     def after_optimizer_step(self, model: nn.Module, criterion: nn.Module) -> None:
         pass

@@ -147,6 +147,9 @@ def test_egtea_finetune_through_the_training_loop_then_lavila_eval(tmp_path, ek1
     assert result.global_step == 2  # 4 clips (the corrupt one replaced by ResilientDataset) / batch 2
     assert result.last_eval is not None and result.last_eval["num_failed"] == 1.0
     ckpt = tmp_path / "out" / "checkpoint.pt"
+    # the recipe's SGD (use_sgd) reached the loop: momentum buffers, no Adam moments
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["optimizer"]["state"]
+    assert state and all("momentum_buffer" in s and "exp_avg" not in s for s in state.values())
     out = tmp_path / "ft_eval.json"
     rc = cli_main(["eval", "egtea", "--checkpoint", str(ckpt), "--metadata", str(egtea["split"]),
                    "--root", str(egtea["root"]), "--classes", str(egtea["actions"]), "--clip-length", "4",
