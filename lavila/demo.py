@@ -160,9 +160,10 @@ def examples(model: torch.nn.Module, task: Any, seed: int, n: int = 4) -> list[t
 
 
 def run(args: argparse.Namespace) -> int:
+    from lavila.atomic import atomic_write_text
     from lavila.config import build_config
     from lavila.train.loop import train
-    from lavila.train.state import atomic_write_text, load_checkpoint_file, seeded_rngs
+    from lavila.train.state import load_checkpoint_file, seeded_rngs
     from lavila.train.tasks import make_task
 
     torch.set_num_threads(args.threads)

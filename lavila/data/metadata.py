@@ -19,16 +19,16 @@ the round trip pickle -> Parquet -> pickle give back equal rows.
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import numbers
 import os
 import pickle
 import sys
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from lavila.atomic import atomic_write_bytes
 
 Row = tuple  # (uid, start, end, text[, score]) — see the module docstring
 
@@ -47,34 +47,6 @@ class MetadataError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------------ I/O helpers
-def atomic_write_bytes(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary file in the destination folder, fsync it, then rename over `path`.
-
-    A crash leaves either the old file or the new one, never a truncated file that a resumed job would trust.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # persist the rename itself
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 class _MetadataUnpickler(pickle.Unpickler):
     """Allows only what metadata pickles legitimately contain; anything else is refused with its name."""
 
@@ -99,6 +71,7 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(
             f"refusing to load {module}.{name}: a metadata pickle holds only lists/tuples of str and numbers"
         )
+
 
 
 def _load_pickle(path: Path) -> list:
@@ -312,7 +285,6 @@ def run(args: argparse.Namespace) -> int:
 __all__ = [
     "MetadataError",
     "Row",
-    "atomic_write_bytes",
     "convert_metadata",
     "iter_texts",
     "load_metadata",

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lavila.data.metadata import atomic_write_bytes
+from lavila.atomic import atomic_write_bytes
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
 MANIFEST = "manifest.json"

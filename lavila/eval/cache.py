@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lavila.train.state import atomic_save
+from lavila.atomic import atomic_save
 
 ENV_CACHE_DIR = "LAVILA_CACHE_DIR"
 

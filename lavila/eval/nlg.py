@@ -148,7 +148,7 @@ def evaluate_narrator(
         **metrics,
     }
     if caption_file is not None:
-        from lavila.narrate.shards import atomic_write_text
+        from lavila.atomic import atomic_write_text
 
         summary = [f"{k:16s} = {v:9.3f}" if isinstance(v, float) else f"{k:16s} = {v}" for k, v in result.items()]
         atomic_write_text(caption_file, "\n".join(lines + summary) + "\n")
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     for k, v in result.items():
         print(f"{k:20s} = {v:9.4f}" if isinstance(v, float) else f"{k:20s} = {v}")
     if args.metrics_json:
-        from lavila.narrate.shards import atomic_write_text
+        from lavila.atomic import atomic_write_text
 
         atomic_write_text(args.metrics_json, json.dumps(result, indent=1))
     return 0

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lavila.atomic import atomic_save
 from lavila.data.benchmarks import SegmentDataset, SegmentSampling, VideoSegment
 from lavila.data.decode import VideoDecodeError, open_video
 from lavila.data.transforms import eval_transform, normalization_for
 from lavila.eval.cache import EmbeddingCache, digest, file_fingerprint, items_digest
 from lavila.eval.embed import effective_precision, embed_dataset, encode_texts, l2_normalize, resolve_device
-from lavila.train.state import atomic_save
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
 INDEX_FORMAT = 1

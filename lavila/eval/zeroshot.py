@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lavila.atomic import atomic_write_text
 from lavila.data.benchmarks import (
     ClassificationSet,
     DenseSampling,
@@ -56,7 +57,6 @@ from lavila.models.classifier import build_classifier, head_sizes_from_state_dic
 from lavila.models.registry import ModelConfig, build_from_config, get_config
 from lavila.models.timesformer import build_vision_tower
 from lavila.train import dist
-from lavila.train.state import atomic_write_text
 
 BENCHMARKS = ("ek100_mir", "ek100_cls", "charades_ego", "egtea", "egomcq")
 TEMPLATES_DEFAULT = ["{}"]

@@ -75,7 +75,7 @@ def load_narrator(
 def save_narrator_checkpoint(path: str | os.PathLike, model: nn.Module, *, tokenizer_json: str | None = None,
                              **extra: Any) -> Path:
     """Write ``{state_dict, model_config, [tokenizer_json], **extra}`` atomically (loadable by ``load_narrator``)."""
-    from lavila.train.state import atomic_save
+    from lavila.atomic import atomic_save
 
     state = {"state_dict": model.state_dict(), "model_config": config_to_dict(model.config), **extra}
     if tokenizer_json is not None:

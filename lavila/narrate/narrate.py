@@ -250,8 +250,8 @@ def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int |
 
 def merge_outputs(job: NarrateJob, shards: ShardedOutput) -> tuple[tuple[Path, Path, Path], int, int]:
     """Verified merge of all parts into the reference pickle, Parquet and ``failures.json`` (+ row counts)."""
+    from lavila.atomic import atomic_write_text
     from lavila.data.metadata import save_metadata
-    from lavila.narrate.shards import atomic_write_text
 
     results, failures = shards.collect()
     rows = [(r[0], r[1], r[2], list(r[3]), [float(s) for s in r[4]]) for r in results.values()]
@@ -390,7 +390,7 @@ def narrate_video(path: Path, model: Any, tokenizer: Any, gen: GenerationConfig,
 
 
 def run_videos(args: argparse.Namespace) -> int:
-    from lavila.narrate.shards import atomic_write_text
+    from lavila.atomic import atomic_write_text
 
     device = pick_device(args.device)
     model, tokenizer = _load_model(args, device)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from lavila.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -36,36 +37,6 @@ JOB_FILE = "job.json"
 
 class ShardError(RuntimeError):
     """An output folder that cannot be resumed or merged; the message says why and what to do."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via tmp file + fsync + ``os.replace`` + fsync of the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def assigned_indices(total: int, rank: int = 0, world_size: int = 1) -> list[int]:

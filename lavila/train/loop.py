@@ -173,7 +173,7 @@ class MetricsLog:
 
     def _truncate_after(self, step: int) -> None:
         """Drop lines written after the checkpoint we resume from, so no step is logged twice."""
-        from lavila.train.state import atomic_write_text
+        from lavila.atomic import atomic_write_text
 
         keep = []
         for line in self.path.read_text().splitlines():

@@ -20,8 +20,6 @@ import argparse
 import contextlib
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
+from lavila.atomic import atomic_copy, atomic_save
+
 LAST = "checkpoint.pt"
 BEST = "checkpoint_best.pt"
 
@@ -37,68 +37,6 @@ BEST = "checkpoint_best.pt"
 def epoch_checkpoint_name(epoch: int) -> str:
     """Numbered copy for `epoch` finished epochs (reference naming: ep_0005 holds epoch == 5)."""
     return f"checkpoint_{epoch:04d}.pt"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Atomic files
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _atomic_target(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success fsync it and rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are shared like any torch.save output
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` that never leaves a half-written `path`: tmp file + fsync + os.replace + fsync(dir)."""
-    with _atomic_target(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with _atomic_target(path) as tmp:
-        tmp.write_text(text)
-
-
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Make `dst` a snapshot of `src`: a hard link when possible (instant, no extra disk), else a copy.
-
-    `src` is only ever replaced by rename (never rewritten in place), so a hard link keeps the old content.
-    """
-    with _atomic_target(dst) as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
 
 
 # ---------------------------------------------------------------------------------------------------------------
