@@ -38,7 +38,9 @@ Tokenizer = Callable[[str], Any]
 
 
 def _per_worker_rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed, torch.initial_seed() % 2**63, os.getpid()])
+    """Seeded from torch's seed, which differs per DataLoader worker and, under the trainer's per-sample seeding,
+    per sample, so jitter is reproducible across resumes and ranks (the process id must not enter here)."""
+    return np.random.default_rng([seed, torch.initial_seed() % 2**63])
 
 
 def tokenize_one(tokenizer: Tokenizer, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -45,3 +45,31 @@ def test_lavila_mix_on_decoded_video(ego4d_root):
     ckpt = load_checkpoint_file(ego4d_root / "out" / "checkpoint.pt")
     assert "logit_scale_pseudo" in ckpt["criterion"]  # SSLCLIPLoss owns the pseudo temperature
     assert ckpt["state_dict"]["module.logit_scale"].item() == pytest.approx(2.6593, abs=1e-4)  # frozen at 1/0.07
+
+
+def test_resume_on_decoded_video_ends_with_identical_weights(ego4d_root, monkeypatch):
+    """Frame jitter, crops and paraphrase choice on real video depend only on (seed, epoch, sample)."""
+    import os
+
+    import torch
+
+    def cfg(out, **kw):
+        return tiny_config(
+            ego4d_root / out, dataset="ego4d", root=str(ego4d_root / "videos"),
+            metadata=str(ego4d_root / "ego4d_train.pkl"),
+            metadata_aux=[str(ego4d_root / "ego4d_train.narrator.pkl")], video_chunk_len=-1, video_fps=-1,
+            model_overrides=dict(TINY_MODEL, text_vocab_size=49408, text_context_length=77), batch_size=2,
+            epochs=2, **kw)
+
+    whole = train(cfg("whole"))
+    first = train(cfg("parts", stop_after_steps=4))
+    assert first.interrupted and first.global_step == 4
+    real_pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: real_pid + 1)  # a resumed job is a new process
+    resumed = train(cfg("parts"))
+    assert resumed.global_step == whole.global_step == 6
+    a = load_checkpoint_file(ego4d_root / "whole" / "checkpoint.pt")["state_dict"]
+    b = load_checkpoint_file(ego4d_root / "parts" / "checkpoint.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
