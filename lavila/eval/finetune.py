@@ -36,8 +36,14 @@ from lavila.data import benchmarks as B
 from lavila.data.robust import ResilientDataset
 from lavila.data.transforms import eval_transform, normalization_for, train_transform
 from lavila.eval import metrics
-from lavila.eval.embed import embed_dataset, encode_texts, l2_normalize
-from lavila.eval.zeroshot import class_text_embeddings, score_finetuned_ek100, softmax
+from lavila.eval.embed import embed_dataset, l2_normalize
+from lavila.eval.zeroshot import (
+    class_text_embeddings,
+    mir_zero_shot,
+    restrict_mir,
+    score_finetuned_ek100,
+    softmax,
+)
 from lavila.train.optim import build_optimizer, clamp_logit_scale, is_no_decay
 from lavila.train.tasks import Task
 
@@ -254,20 +260,10 @@ class RetrievalFinetuneTask(Task):
         limit = self.opts.eval_limit
         tok = self.tokenizer()
         if self.cfg.dataset == "ek100_mir":
-            mir = B.read_ek100_mir(self.opts.metadata_val)
-            if limit:
-                keep = {r.narration_id for r in mir.rows[:limit]}
-                cols = [j for j, (nid, _) in enumerate(mir.sentences) if nid in keep]
-                mir = B.EK100MIR(mir.rows[:limit], [mir.sentences[j] for j in cols], mir.relevancy[:limit][:, cols])
-            segs = [B.VideoSegment(r.video_path, r.start_sec, r.stop_sec, "action") for r in mir.rows]
-            ds = B.SegmentDataset(root, segs, B.SegmentSampling(self.cfg.clip_length), eval_transform(crop, mean, std))
-            video = embed_dataset(model.encode_image, ds, device=device, batch_size=self.opts.eval_batch_size,
-                                  num_workers=self.cfg.workers, desc="eval clips", progress=False)
-            text = encode_texts(model, tok, [r.narration for r in mir.rows], device=device)
-            from lavila.eval.zeroshot import score_mir
-
-            out = score_mir(video, text, mir)
-            return {**out, "num_failed": float(len(video.failed)), "score": out["mAP_avg"]}
+            mir = restrict_mir(B.read_ek100_mir(self.opts.metadata_val), limit)
+            out = mir_zero_shot(model, tok, mir, root, self.cfg.clip_length, device,
+                                batch_size=self.opts.eval_batch_size, num_workers=self.cfg.workers)
+            return {**out, "score": out["mAP_avg"]}
         s = B.charades_set(self.opts.metadata_val, _sibling(self.opts.metadata_val, self.opts.classes,
                                                             "Charades_v1_classes.txt"))
         if limit:

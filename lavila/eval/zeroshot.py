@@ -27,6 +27,7 @@ import torch
 
 from lavila.atomic import atomic_write_text
 from lavila.data.benchmarks import (
+    EK100MIR,
     ClassificationSet,
     DenseSampling,
     SegmentDataset,
@@ -177,18 +178,29 @@ class BenchmarkData:
     files: list[str] | None = None
 
 
+def restrict_mir(mir: EK100MIR, limit: int | None) -> EK100MIR:
+    """The first ``limit`` clips and only the sentences they stand for (smoke tests); ``None``/0 keeps all.
+
+    Columns whose representative clip was dropped have to go too, or their relevancy rows would be all zero.
+    """
+    if not limit:
+        return mir
+    keep = {r.narration_id for r in mir.rows[:limit]}
+    cols = [j for j, (nid, _) in enumerate(mir.sentences) if nid in keep]
+    return replace(mir, rows=mir.rows[:limit], sentences=[mir.sentences[j] for j in cols],
+                   relevancy=mir.relevancy[:limit][:, cols])
+
+
+def mir_benchmark(mir: EK100MIR) -> BenchmarkData:
+    segs = [VideoSegment(r.video_path, r.start_sec, r.stop_sec, "action") for r in mir.rows]
+    return BenchmarkData(segs, mir=mir)
+
+
 def load_benchmark(name: str, args: argparse.Namespace) -> BenchmarkData:
     meta = Path(args.metadata)
     limit = args.limit
     if name == "ek100_mir":
-        mir = read_ek100_mir(meta, args.sentences, args.relevancy)
-        if limit:
-            keep = {r.narration_id for r in mir.rows[:limit]}
-            cols = [j for j, (nid, _) in enumerate(mir.sentences) if nid in keep]
-            mir = replace(mir, rows=mir.rows[:limit], sentences=[mir.sentences[j] for j in cols],
-                          relevancy=mir.relevancy[:limit][:, cols])
-        segs = [VideoSegment(r.video_path, r.start_sec, r.stop_sec, "action") for r in mir.rows]
-        return BenchmarkData(segs, mir=mir)
+        return mir_benchmark(restrict_mir(read_ek100_mir(meta, args.sentences, args.relevancy), limit))
     if name == "ek100_cls":
         train_csv = _sibling(meta, args.train_metadata, "EPIC_100_train.csv")
         label_map = ek100_action_label_map(train_csv, meta)
@@ -276,6 +288,31 @@ def score_mir(video: EmbedResult, text_embed: np.ndarray, mir) -> dict[str, floa
         [r.narration_id for r in mir.rows], [nid for nid, _ in mir.sentences],
     )
     return metrics.ek100_mir_metrics(sim[ok], mir.relevancy[ok])
+
+
+@torch.no_grad()
+def mir_zero_shot(model: torch.nn.Module, tokenizer: Any, mir: EK100MIR, root: str | Path, clip_length: int,
+                  device: torch.device, *, batch_size: int = 16, num_workers: int = 4, precision: str = "auto",
+                  progress: bool = False) -> dict[str, float]:
+    """Zero-shot EK-100 MIR (spec 9.1) of a dual encoder held in memory: the protocol of ``lavila eval ek100_mir``.
+
+    The training loops call this after an epoch (pre-training, MIR fine-tuning), so the numbers they log are the
+    ones ``lavila eval`` reports for the saved checkpoint: same frames, centre crop, text = each clip's narration,
+    ``(s+1)/2`` similarity, official mAP/nDCG. The model is put in eval mode and restored afterwards; under
+    ``torch.distributed`` the clips are sharded and every rank gets the full result. Adds ``num_failed``.
+    """
+    protocol = replace(ZERO_SHOT_PROTOCOLS["ek100_mir"], clip_length=clip_length)
+    was_training = model.training
+    model.eval()
+    try:
+        dataset = build_dataset(mir_benchmark(mir), protocol, model.config, str(root))
+        video = embed_dataset(model.encode_image, dataset, device=device, batch_size=batch_size,
+                              num_workers=num_workers, precision=precision, desc="EK-100 MIR clips",
+                              progress=progress)
+        text = encode_texts(model, tokenizer, [r.narration for r in mir.rows], device=device, precision=precision)
+    finally:
+        model.train(was_training)
+    return {**score_mir(video, text, mir), "num_failed": float(len(video.failed))}
 
 
 def score_classification(name: str, scores: np.ndarray, cls: ClassificationSet, ok: np.ndarray) -> dict[str, Any]:
@@ -520,7 +557,9 @@ __all__ = [
     "configure_parser",
     "evaluate",
     "load_eval_model",
+    "mir_zero_shot",
     "pool_views",
+    "restrict_mir",
     "run",
     "score_classification",
     "score_mir",
