@@ -160,6 +160,17 @@ class DualEncoderOptions:
     video_chunk_len: int = option(300, "ego4d: seconds per video chunk; -1 = <root>/<uid>.mp4 whole videos")
     video_fps: float = option(30, "ego4d: frame rate of the chunks; -1 = read from each file")
     max_decode_failures: float = option(0.05, "abort if more than this fraction of clips fail to decode", min=0)
+    # per-epoch zero-shot EK-100 MIR (the reference's end-of-epoch check; ego4d only)
+    eval_ek100_mir_metadata: str = option(
+        "", "EPIC_100_retrieval_test.csv: zero-shot EK-100 MIR after every epoch (clip_length frames, centre "
+            "crop), checkpoint_best.pt follows its avg mAP as in the reference; empty = off")
+    eval_ek100_mir_root: str = option("datasets/EK100/video_ht256px/", "EK-100 video folder (<PID>/<VID>.MP4) "
+                                      "of that evaluation")
+    eval_ek100_mir_sentences: str = option("", "EK-100 MIR *_sentence.csv (default: next to the CSV)")
+    eval_ek100_mir_relevancy: str = option("", "EK-100 MIR relevancy pickle (default: relevancy/"
+                                           "caption_relevancy_EPIC_100_retrieval_test.pkl next to the CSV)")
+    eval_limit: int | None = option(None, "evaluate only the first N EK-100 MIR clips (smoke tests)", positive=True)
+    eval_batch_size: int = option(16, "clips per EK-100 MIR evaluation batch (reference: 16)", positive=True)
     # embedded synthetic data (dataset: synthetic)
     synthetic_train_size: int = option(2048, "synthetic: training clips", positive=True)
     synthetic_eval_groups: int = option(4, "synthetic: held-out groups of 24 clips for retrieval eval", min=0)
@@ -174,11 +185,45 @@ class DualEncoderOptions:
         if cfg.dataset == "ego4d" and "train" not in cfg.metadata:
             raise ConfigError(f"{where('metadata')}: must contain 'train' (the validation file is found by "
                               f"replacing it with 'val'), got {cfg.metadata!r}")
+        if self.eval_ek100_mir_metadata:
+            self._validate_ek100_mir(cfg, where)
         if cfg.dataset == "synthetic":
             for src in self.metadata_aux or []:
                 if src not in ("human", "rephraser", "narrator"):
                     raise ConfigError(f"{where('metadata_aux')}: with dataset synthetic each entry names a text "
                                       f"source (human, rephraser, narrator), got {src!r}")
+
+
+    def ek100_mir_files(self) -> tuple[Path, Path]:
+        """(sentence CSV, relevancy pickle): the given paths, else the reference's places next to the test CSV."""
+        from lavila.data.benchmarks import ek100_relevancy_path, ek100_sentence_path
+
+        csv = self.eval_ek100_mir_metadata
+        return (Path(self.eval_ek100_mir_sentences or ek100_sentence_path(csv)),
+                Path(self.eval_ek100_mir_relevancy or ek100_relevancy_path(csv)))
+
+    def _validate_ek100_mir(self, cfg: TrainConfig, where: Any) -> None:
+        """Missing EK-100 files must stop the run now, not after the first epoch of training."""
+        key = "eval_ek100_mir_metadata"
+        if cfg.dataset == "synthetic":
+            raise ConfigError(f"{where(key)}: the synthetic set's word tokenizer cannot read EK-100 narrations; "
+                              "set it only with dataset ego4d (or to '' to turn the evaluation off)")
+        if not Path(self.eval_ek100_mir_metadata).is_file():
+            raise ConfigError(f"{where(key)}: {self.eval_ek100_mir_metadata} not found (EK-100 MIR is evaluated "
+                              f"after every epoch; pass --eval-ek100-mir-metadata '' to train without it)")
+        if not Path(self.eval_ek100_mir_root).is_dir():
+            raise ConfigError(f"{where('eval_ek100_mir_root')}: EK-100 video folder {self.eval_ek100_mir_root} "
+                              "not found")
+        try:
+            sentences, relevancy = self.ek100_mir_files()
+        except ValueError as err:  # the relevancy file is named after the CSV's split
+            raise ConfigError(f"{where(key)}: {err}; or set eval_ek100_mir_relevancy") from err
+        for name, path in (("eval_ek100_mir_sentences", sentences), ("eval_ek100_mir_relevancy", relevancy)):
+            if path.is_file():
+                continue
+            if getattr(self, name):
+                raise ConfigError(f"{where(name)}: {path} not found")
+            raise ConfigError(f"{where(key)}: {path} (expected next to the CSV) not found; or set {name}")
 
 
 def as_item_dict(item: Any) -> dict:
@@ -216,6 +261,7 @@ class DualEncoderTask(Task):
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__(cfg)
         self._tokenizer: Any = None
+        self._ek100_mir: Any = None  # annotations read once, at the first evaluation
 
     # --- text ---------------------------------------------------------------------------------------------------
     @property
@@ -345,8 +391,10 @@ class DualEncoderTask(Task):
 
     # --- evaluation ---------------------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float] | None:
+        if self.opts.eval_ek100_mir_metadata:
+            return self.evaluate_ek100_mir(model, device)
         if self.cfg.dataset != "synthetic" or self.opts.synthetic_eval_groups == 0:
-            return None  # EK-100 MIR zero-shot runs with `lavila eval` on saved checkpoints
+            return None
         from lavila.data.synthetic import heldout_groups
 
         vision = self._vision_config()
@@ -354,6 +402,24 @@ class DualEncoderTask(Task):
                               num_frames=self.cfg.clip_length, img_size=vision.img_size, tokenizer=self.tokenizer,
                               model_name=self.cfg.model, distractor_prob=self.opts.synthetic_distractor_prob)
         return grouped_retrieval(model, data, group_size=len(_heldout()), device=device)
+
+    def evaluate_ek100_mir(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """The reference's end-of-epoch check: zero-shot EK-100 MIR at ``clip_length`` frames; score = avg mAP.
+
+        Same protocol and code as ``lavila eval ek100_mir`` (:func:`lavila.eval.zeroshot.mir_zero_shot`), so the
+        logged numbers are those of the saved checkpoint. Every rank takes part (clips sharded, result gathered).
+        """
+        from lavila.data.benchmarks import read_ek100_mir
+        from lavila.eval.zeroshot import mir_zero_shot, restrict_mir
+
+        if self._ek100_mir is None:
+            sentences, relevancy = self.opts.ek100_mir_files()
+            self._ek100_mir = restrict_mir(read_ek100_mir(self.opts.eval_ek100_mir_metadata, sentences, relevancy),
+                                           self.opts.eval_limit)
+        out = mir_zero_shot(model, self.tokenizer, self._ek100_mir, self.opts.eval_ek100_mir_root,
+                            self.cfg.clip_length, device, batch_size=self.opts.eval_batch_size,
+                            num_workers=self.cfg.workers, progress=self.cfg.progress)
+        return {**out, "score": out["mAP_avg"]}
 
 
 def _heldout() -> list[Any]:

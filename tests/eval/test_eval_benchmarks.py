@@ -73,7 +73,7 @@ def test_ek100_mir_files(ek100):
 
 
 def test_bad_csv_row_names_file_row_and_field(tmp_path):
-    from tests.eval.conftest import EK_HEADER, write_csv
+    from tests.benchmark_files import EK_HEADER, write_csv
 
     path = tmp_path / "EPIC_100_validation.csv"
     write_csv(path, EK_HEADER, [["id", "P01", "P01_01", "x", "00:00:01.00", "00:00:02.00", 0, 0, "open tap", "open",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,26 @@ def tiny_values(output_dir: str | Path, **overrides: Any) -> dict[str, Any]:
     }
     values.update(overrides)
     return values
+
+
+EGO4D_CLIP = "3c0dffd0-e38e-4643-bc48-d513943dc20b_012_014.mp4"  # Ego4D clip in shared/media: 2 s, 30 fps
+
+
+def write_tiny_ego4d(folder: Path, media_dir: Path) -> Path:
+    """Whole-video Ego4D layout in `folder`: ``videos/clip.mp4`` (use ``video_chunk_len -1``), four human clips in
+    ``ego4d_train.pkl`` (one with two paraphrases) and two narrator clips in ``ego4d_train.narrator.pkl``."""
+    from lavila.data.metadata import save_metadata
+
+    root = folder / "videos"
+    root.mkdir()
+    shutil.copy(media_dir / EGO4D_CLIP, root / "clip.mp4")
+    human = [("clip", 0.0, 1.0, "#C C stirs the pan"), ("clip", 0.5, 1.5, ["#C C stirs food", "#C C mixes food"]),
+             ("clip", 1.0, 1.9, "#C C holds the spoon"), ("clip", 0.2, 1.2, "#C C looks at the pan")]
+    narrator = [("clip", 0.0, 1.0, ["#C C stirs the food in the pan", "#C C cooks"], [0.9, 0.5]),
+                ("clip", 0.8, 1.8, ["#C C holds a spatula", "#C C stirs"], [0.7, 0.6])]
+    save_metadata(human, folder / "ego4d_train.pkl")
+    save_metadata(narrator, folder / "ego4d_train.narrator.pkl")
+    return folder
 
 
 def tiny_config(output_dir: str | Path, **overrides: Any) -> TrainConfig:

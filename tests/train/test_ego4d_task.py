@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from lavila.data.metadata import save_metadata
 from lavila.train.loop import train
 from lavila.train.state import load_checkpoint_file
 from tests.conftest import reference_file
-from tests.train.helpers import TINY_MODEL, tiny_config
-
-CLIP = "3c0dffd0-e38e-4643-bc48-d513943dc20b_012_014.mp4"  # Ego4D clip: 2 s, 30 fps
+from tests.train.helpers import TINY_MODEL, tiny_config, write_tiny_ego4d
 
 
 @pytest.fixture
 def ego4d_root(tmp_path, media_dir, monkeypatch):
     monkeypatch.setenv("LAVILA_BPE_PATH", str(reference_file("bpe_simple_vocab_16e6.txt.gz")))
-    root = tmp_path / "videos"
-    root.mkdir()
-    shutil.copy(media_dir / CLIP, root / "clip.mp4")  # whole-video layout: <root>/<uid>.mp4 (video_chunk_len -1)
-    human = [("clip", 0.0, 1.0, "#C C stirs the pan"), ("clip", 0.5, 1.5, ["#C C stirs food", "#C C mixes food"]),
-             ("clip", 1.0, 1.9, "#C C holds the spoon"), ("clip", 0.2, 1.2, "#C C looks at the pan")]
-    narrator = [("clip", 0.0, 1.0, ["#C C stirs the food in the pan", "#C C cooks"], [0.9, 0.5]),
-                ("clip", 0.8, 1.8, ["#C C holds a spatula", "#C C stirs"], [0.7, 0.6])]
-    save_metadata(human, tmp_path / "ego4d_train.pkl")
-    save_metadata(narrator, tmp_path / "ego4d_train.narrator.pkl")
-    return tmp_path
+    return write_tiny_ego4d(tmp_path, media_dir)
 
 
 def test_lavila_mix_on_decoded_video(ego4d_root):
