@@ -1,6 +1,7 @@
 """Dual-encoder speed: a training step (forward + backward + AdamW) and a no-grad video encode.
 
-Compares the SDPA attention path with an explicit softmax(QK^T)V path, with and without gradient checkpointing,
+Compares the SDPA attention path with an explicit softmax(QK^T)V path (and ``auto``, the default: SDPA except for
+the time attention's short sequences on CPU), with and without gradient checkpointing,
 in fp32 on CPU and (when a GPU is present) bf16 autocast on CUDA. Each configuration runs in a fresh subprocess so
 the peak-memory column (max RSS on CPU, max allocated on CUDA) belongs to that configuration alone.
 
@@ -94,8 +95,9 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
-        for what, ckpt, attn in [("train", False, "math"), ("train", False, "sdpa"), ("train", True, "sdpa"),
-                                 ("encode", False, "math"), ("encode", False, "sdpa")]:
+        for what, ckpt, attn in [("train", False, "math"), ("train", False, "sdpa"), ("train", False, "auto"),
+                                 ("train", True, "auto"), ("encode", False, "math"), ("encode", False, "sdpa"),
+                                 ("encode", False, "auto")]:
             cfg = dict(model=args.model, batch=args.batch, frames=args.frames, steps=args.steps, threads=args.threads,
                        tiny=args.tiny, device=device, what=what, checkpointing=ckpt, attn=attn, bf16=True)
             proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True, text=True)
