@@ -159,17 +159,38 @@ class EveryN:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class RetrievalFinetuneTask(Task):
+class FinetuneTask(Task):
+    """What both fine-tuning tasks share: the benchmark evaluation every ``eval_every`` epochs, in eval mode."""
+
     Options = FinetuneOptions
     opts: FinetuneOptions
 
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__(cfg)
+        self._should_eval = EveryN(self.opts.eval_every, cfg.epochs)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float] | None:
+        if not self.opts.metadata_val or not self._should_eval(self.epoch):
+            return None
+        was_training = model.training
+        model.eval()
+        try:
+            return self._evaluate(model, device)
+        finally:
+            model.train(was_training)
+
+    def _evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class RetrievalFinetuneTask(FinetuneTask):
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__(cfg)
         if cfg.dataset not in RETRIEVAL_DATASETS:
             raise ConfigError(f"key 'dataset': retrieval fine-tuning reads {RETRIEVAL_DATASETS}, got {cfg.dataset!r}")
         self._tokenizer: Any = None
         self._model_cfg: Any = None
-        self._should_eval = EveryN(self.opts.eval_every, cfg.epochs)
 
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
@@ -243,17 +264,6 @@ class RetrievalFinetuneTask(Task):
     def after_optimizer_step(self, model: nn.Module, criterion: nn.Module) -> None:
         clamp_logit_scale(model)
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float] | None:
-        if not self.opts.metadata_val or not self._should_eval(self.epoch):
-            return None
-        was_training = model.training
-        model.eval()
-        try:
-            return self._evaluate(model, device)
-        finally:
-            model.train(was_training)
-
     def _evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         crop, mean, std = _crop_and_norm(model)
         root = self.opts.root_val or self.cfg.root
@@ -306,10 +316,7 @@ class ClassificationLoss(nn.Module):
         return out
 
 
-class ClassificationFinetuneTask(Task):
-    Options = FinetuneOptions
-    opts: FinetuneOptions
-
+class ClassificationFinetuneTask(FinetuneTask):
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__(cfg)
         if cfg.dataset not in CLASSIFICATION_DATASETS:
@@ -317,7 +324,6 @@ class ClassificationFinetuneTask(Task):
                               f"got {cfg.dataset!r}")
         self._label_map: B.ActionLabelMap | None = None
         self._model_cfg: Any = None
-        self._should_eval = EveryN(self.opts.eval_every, cfg.epochs)
 
     # --- labels -------------------------------------------------------------------------------------------------
     def label_map(self) -> B.ActionLabelMap:
@@ -411,17 +417,6 @@ class ClassificationFinetuneTask(Task):
         return criterion(logits, [batch[k] for k in keys])
 
     # --- evaluation ---------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float] | None:
-        if not self.opts.metadata_val or not self._should_eval(self.epoch):
-            return None
-        was_training = model.training
-        model.eval()
-        try:
-            return self._evaluate(model, device)
-        finally:
-            model.train(was_training)
-
     def _evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         crop, mean, std = self._crop_norm()
         s, sampling = self._split(self.opts.metadata_val)
