@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from lavila import dist
 from lavila.data.benchmarks import collate_views
 from lavila.eval.cache import EmbeddingCache
-from lavila.train import dist
 
 EncodeFn = Callable[[torch.Tensor], torch.Tensor]
 

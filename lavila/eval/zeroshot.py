@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lavila import dist
 from lavila.atomic import atomic_write_text
 from lavila.data.benchmarks import (
     EK100MIR,
@@ -57,7 +58,6 @@ from lavila.models.checkpoint import config_from_checkpoint, load_checkpoint, lo
 from lavila.models.classifier import build_classifier, head_sizes_from_state_dict
 from lavila.models.registry import ModelConfig, build_from_config, get_config
 from lavila.models.timesformer import build_vision_tower
-from lavila.train import dist
 
 BENCHMARKS = ("ek100_mir", "ek100_cls", "charades_ego", "egtea", "egomcq")
 TEMPLATES_DEFAULT = ["{}"]

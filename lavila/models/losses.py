@@ -3,7 +3,7 @@
 The returned dict always has ``"loss"`` (the tensor to back-propagate) plus detached 0-d metric tensors.
 
 Contrastive losses are computed on the *global* batch: with a process group of W ranks every rank gathers all
-embeddings (with gradient, `lavila.train.dist.all_gather_with_grad`) and evaluates the same ``W*B x W*B`` loss.
+embeddings (with gradient, `lavila.dist.all_gather_with_grad`) and evaluates the same ``W*B x W*B`` loss.
 Rank r's local embeddings then receive ``W * dL/dx_r`` (one copy of the gradient from every rank) and DDP's mean
 over ranks brings the encoder gradient back to exactly ``dL/dtheta``; scalars that are not gathered
 (``logit_scale``) get ``dL/ds`` on every rank, which DDP's mean leaves unchanged.
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavila.train.dist import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
+from lavila.dist import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
 
 
 def _require(outputs: dict, *keys: str) -> None:

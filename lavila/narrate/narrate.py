@@ -185,7 +185,7 @@ class NarrateJob:
 def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int | None = None) -> dict[str, Any]:
     """Narrate this rank's share of the metadata rows; merge when the whole job is complete. Returns a summary."""
     from lavila.data.metadata import load_metadata
-    from lavila.train.dist import world_info_from_env
+    from lavila.dist import world_info_from_env
 
     info = world_info_from_env()
     rank = info.rank if rank is None else rank

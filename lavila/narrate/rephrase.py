@@ -180,9 +180,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lavila.dist import world_info_from_env
     from lavila.narrate.narrate import pick_device
     from lavila.narrate.shards import ShardError
-    from lavila.train.dist import world_info_from_env
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = RephraseSettings(model=args.model, prompt=args.prompt, num_return_sequences=args.num_return_sequences,

@@ -30,8 +30,8 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from lavila import dist
 from lavila.config import TrainConfig
-from lavila.train import dist
 from lavila.train.optim import LRSchedule, clip_gradients, optimizer_state_for_checkpoint, set_lr
 from lavila.train.state import (
     LAST,

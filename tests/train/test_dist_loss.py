@@ -26,8 +26,8 @@ import pytest
 import torch
 from torch import nn
 
+from lavila import dist as dist_utils
 from lavila.models.losses import CLIPLoss, MaxMarginRankingLoss, SSLCLIPLoss
-from lavila.train import dist as dist_utils
 
 WORLD_SIZE = 2
 LOCAL_BATCH = 3
