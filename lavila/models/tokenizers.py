@@ -22,7 +22,7 @@ import html
 import importlib.util
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,17 @@ def _read_merges(path: Path) -> tuple[list[tuple[str, str]], Path | None]:
     return merges, vocab_json
 
 
+def pad_rows(texts: TextInput, context_length: int, row: Callable[[str, int], list[int]]) -> torch.Tensor:
+    """Zero-padded ``[N, context_length]`` ids from ``row(text, context_length)``; a plain string gives 1-D."""
+    single = isinstance(texts, str)
+    texts = [texts] if single else list(texts)
+    result = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = row(text, context_length)
+        result[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return result[0] if single else result
+
+
 class SimpleTokenizer:
     """OpenAI CLIP's BPE tokenizer with LaViLa's call convention (`[SOT] + bpe + [EOT]`, cut, zero-padded)."""
 
@@ -239,15 +250,9 @@ class SimpleTokenizer:
         return bytearray(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace").replace("</w>", " ")
 
     def __call__(self, texts: TextInput, context_length: int | None = None) -> torch.Tensor:
-        context_length = context_length or self.context_length
-        single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        result = torch.zeros(len(texts), context_length, dtype=torch.long)
-        for i, text in enumerate(texts):
-            # The reference cuts without re-inserting EOT: a caption longer than context-2 has no EOT at all.
-            ids = ([self.sot_token_id] + self.encode(text) + [self.eot_token_id])[:context_length]
-            result[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return result[0] if single else result
+        # The reference cuts without re-inserting EOT: a caption longer than context-2 has no EOT at all.
+        return pad_rows(texts, context_length or self.context_length,
+                        lambda text, n: ([self.sot_token_id] + self.encode(text) + [self.eot_token_id])[:n])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -309,18 +314,13 @@ class HFGPT2Tokenizer:
         self.pad_token_id = 0
 
     def __call__(self, texts: TextInput, context_length: int | None = None) -> torch.Tensor:
-        context_length = context_length or self.context_length
-        single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        result = torch.zeros(len(texts), context_length, dtype=torch.long)
-        for i, text in enumerate(texts):
-            body = list(self.tokenizer(text).input_ids)
-            if self.add_bos:
-                row = [self.bos_token_id] + body[: context_length - 2] + [self.eos_token_id]
-            else:
-                row = body[: context_length - 1] + [self.eos_token_id]
-            result[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return result[0] if single else result
+        return pad_rows(texts, context_length or self.context_length, self._row)
+
+    def _row(self, text: str, n: int) -> list[int]:
+        body = list(self.tokenizer(text).input_ids)
+        if self.add_bos:
+            return [self.bos_token_id] + body[: n - 2] + [self.eos_token_id]
+        return body[: n - 1] + [self.eos_token_id]
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
