@@ -82,7 +82,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def evaluate_splits(model: torch.nn.Module, task: Any, groups: int, seed: int) -> dict[str, dict[str, float]]:
     """Retrieval on held-out combinations and on held-out clips of seen combinations (groups of 24)."""
     from lavila.data.synthetic import SyntheticEgoClips, split_combos
-    from lavila.train.tasks import grouped_retrieval
+    from lavila.train.tasks.dual_encoder import grouped_retrieval
 
     common = {"num_frames": 4, "img_size": DEMO_OVERRIDES["img_size"], "tokenizer": task.tokenizer,
               "model_name": DEMO_MODEL}
@@ -150,7 +150,7 @@ def plot_before_after(before: dict, after: dict, chance: dict, path: Path) -> No
 def examples(model: torch.nn.Module, task: Any, seed: int, n: int = 4) -> list[tuple[str, str]]:
     """(query caption, caption of the top-1 retrieved held-out clip) for a few held-out queries."""
     from lavila.data.synthetic import SyntheticEgoClips
-    from lavila.train.tasks import embed_dataset
+    from lavila.train.tasks.dual_encoder import embed_dataset
 
     data = SyntheticEgoClips("heldout", GROUP, seed=seed + 2000, num_frames=4, img_size=DEMO_OVERRIDES["img_size"],
                              tokenizer=task.tokenizer, model_name=DEMO_MODEL)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from lavila.conformance import Check
-from lavila.data.transforms import eval_transform, normalization_for
+from lavila.models.transforms import eval_transform, normalization_for
 
 ATOL = 1e-5
 _SINGLE = re.compile(r"^single_view_antialias_(True|False)$")

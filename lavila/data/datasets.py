@@ -7,7 +7,7 @@ Items follow the reference `VideoCaptionDatasetCLIP('ego4d')` so a trainer writt
 
 where `frames` is float `[3,T,crop,crop]` after a normalising transform, or uint8 `[3,T,crop,crop]` with
 ``uint8_frames=True`` and a transform built with ``normalize=False`` (normalise on the model's device with
-:class:`lavila.data.transforms.Normalize`: 4x fewer bytes through the DataLoader). The trailing 0.0 is the
+:class:`lavila.models.transforms.Normalize`: 4x fewer bytes through the DataLoader). The trailing 0.0 is the
 reference's "relevancy" slot (only EK-100 MIR uses it).
 
 `--metadata-aux` mixing (`build_pretrain_dataset`): the main dataset's items become ``(1, item)``, each aux

@@ -246,7 +246,7 @@ class SyntheticEgoClips(Dataset):
         self.tokenizer = tokenizer or WordTokenizer()
         self.render_size = img_size + img_size // 4 if self.augment else img_size
         self.distractor_prob = distractor_prob
-        from lavila.data.transforms import eval_transform, normalization_for, train_transform
+        from lavila.models.transforms import eval_transform, normalization_for, train_transform
 
         mean, std = normalization_for(model_name)
         self.transform = (train_transform(img_size, mean, std, scale=(0.7, 1.0)) if self.augment

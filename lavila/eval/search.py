@@ -28,9 +28,9 @@ import torch
 from lavila.atomic import atomic_save
 from lavila.data.benchmarks import SegmentDataset, SegmentSampling, VideoSegment
 from lavila.data.decode import VideoDecodeError, open_video
-from lavila.data.transforms import eval_transform, normalization_for
 from lavila.eval.cache import EmbeddingCache, digest, file_fingerprint, items_digest
 from lavila.eval.embed import effective_precision, embed_dataset, encode_texts, l2_normalize, resolve_device
+from lavila.models.transforms import eval_transform, normalization_for
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
 INDEX_FORMAT = 1

@@ -43,7 +43,6 @@ from lavila.data.benchmarks import (
     read_egomcq,
     read_ek100_mir,
 )
-from lavila.data.transforms import eval_transform, normalization_for
 from lavila.eval import metrics
 from lavila.eval.cache import EmbeddingCache, default_cache_dir, digest, file_fingerprint, items_digest
 from lavila.eval.embed import (
@@ -58,6 +57,7 @@ from lavila.models.checkpoint import config_from_checkpoint, load_checkpoint, lo
 from lavila.models.classifier import build_classifier, head_sizes_from_state_dict
 from lavila.models.registry import ModelConfig, build_from_config, get_config
 from lavila.models.timesformer import build_vision_tower
+from lavila.models.transforms import eval_transform, normalization_for
 
 BENCHMARKS = ("ek100_mir", "ek100_cls", "charades_ego", "egtea", "egomcq")
 TEMPLATES_DEFAULT = ["{}"]

@@ -57,7 +57,7 @@ def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
 
 def clip_transform(model: Any):
     """The reference narrator's eval transform: Resize(crop) -> CenterCrop(crop) -> Normalize (0-255 scale)."""
-    from lavila.data.transforms import eval_transform, normalization_for
+    from lavila.models.transforms import eval_transform, normalization_for
 
     mean, std = normalization_for(model.config.name)
     return eval_transform(model.config.vision.img_size, mean, std)

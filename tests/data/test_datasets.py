@@ -12,7 +12,7 @@ from lavila.data.datasets import Ego4DClipDataset, LabeledDataset, build_pretrai
 from lavila.data.prepare import read_frame_code
 from lavila.data.robust import DecodeFailureRateExceeded, DecodeFailures, ResilientDataset
 from lavila.data.sampling import get_frame_ids
-from lavila.data.transforms import Normalize, eval_transform, train_transform
+from lavila.models.transforms import Normalize, eval_transform, train_transform
 from tests.data.conftest import CHUNK_SECONDS
 
 KW = dict(chunk_len=CHUNK_SECONDS, fps=30, clip_length=4)

@@ -155,7 +155,7 @@ def test_sparse_and_dense_sampling_frame_ids(charades, egtea):
 
 
 def test_dataset_reports_corrupt_video_and_collate_separates_it(egtea):
-    from lavila.data.transforms import eval_transform
+    from lavila.models.transforms import eval_transform
 
     s = B.egtea_set(egtea["split"], egtea["actions"])
     ds = B.SegmentDataset(egtea["root"], s.segments, B.DenseSampling(4, 2, 2), eval_transform(32, num_clips=2,
@@ -168,7 +168,7 @@ def test_dataset_reports_corrupt_video_and_collate_separates_it(egtea):
 
 
 def test_training_jitter_is_reproducible_per_epoch_and_index(ek100):
-    from lavila.data.transforms import eval_transform
+    from lavila.models.transforms import eval_transform
 
     rows = B.read_ek100_csv(ek100["mir_csv"])
     segs = [B.VideoSegment(r.video_path, r.start_sec, r.stop_sec, "action") for r in rows]

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from lavila.cli import main as cli_main
 from lavila.data import benchmarks
 from lavila.data.decode import open_video
-from lavila.data.transforms import OPENAI_MEAN, OPENAI_STD, eval_transform
 from lavila.eval import metrics, zeroshot
 from lavila.models.tokenizers import get_tokenizer
+from lavila.models.transforms import OPENAI_MEAN, OPENAI_STD, eval_transform
 
 
 def run_eval(tmp_path, bpe_path, cache_dir, *argv: str) -> dict:

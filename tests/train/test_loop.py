@@ -12,7 +12,8 @@ import torch
 
 from lavila.train.loop import NonFiniteLossError, TrainingInterrupted, train
 from lavila.train.state import load_checkpoint_file
-from lavila.train.tasks import DualEncoderTask, register_task
+from lavila.train.tasks import register_task
+from lavila.train.tasks.dual_encoder import DualEncoderTask
 from tests.conftest import reference_file
 from tests.train.helpers import TINY_MODEL, assert_same_weights, tiny_config, weights
 

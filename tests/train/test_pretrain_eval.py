@@ -83,7 +83,7 @@ def test_every_epoch_is_scored_like_lavila_eval_and_best_follows_avg_map(tmp_pat
 
 
 def test_eval_limit_keeps_the_first_clips_and_their_sentences(tmp_path, data):
-    from lavila.train.tasks import DualEncoderTask
+    from lavila.train.tasks.dual_encoder import DualEncoderTask
 
     cfg = pretrain_cfg(tmp_path / "out", data, eval_limit=3)
     task = DualEncoderTask(cfg)

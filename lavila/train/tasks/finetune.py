@@ -34,7 +34,6 @@ from torch.utils.data import Dataset
 from lavila.config import ConfigError, TrainConfig, option
 from lavila.data import benchmarks as B
 from lavila.data.robust import ResilientDataset
-from lavila.data.transforms import eval_transform, normalization_for, train_transform
 from lavila.eval import metrics
 from lavila.eval.embed import embed_dataset, l2_normalize
 from lavila.eval.zeroshot import (
@@ -44,6 +43,7 @@ from lavila.eval.zeroshot import (
     score_finetuned_ek100,
     softmax,
 )
+from lavila.models.transforms import eval_transform, normalization_for, train_transform
 from lavila.train.optim import build_optimizer, clamp_logit_scale, is_no_decay
 from lavila.train.tasks import Task
 

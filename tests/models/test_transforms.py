@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lavila.conformance.transforms import check_transforms
-from lavila.data.transforms import (
+from lavila.models.transforms import (
     IMAGENET_MEAN,
     OPENAI_MEAN,
     OPENAI_STD,

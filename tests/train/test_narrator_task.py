@@ -7,8 +7,8 @@ import pickle
 import torch
 
 from lavila.config import load_config
-from lavila.narrate.task import NarratorTask
 from lavila.narrate.tiny import build_tiny_tokenizer, tiny_narrator_config
+from lavila.train.tasks.narrator import NarratorTask
 
 CLIPS = [
     ("3c0dffd0-e38e-4643-bc48-d513943dc20b_012_014", 0.0, 1.0, "#C C stirs the food in the pan with a spatula"),

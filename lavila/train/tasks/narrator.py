@@ -135,7 +135,7 @@ class NarratorTask(Task):
     def _dataset(self, metadata: str, is_training: bool) -> Dataset:
         from lavila.data.datasets import Ego4DClipDataset
         from lavila.data.robust import DecodeFailures, ResilientDataset
-        from lavila.data.transforms import eval_transform, normalization_for, train_transform
+        from lavila.models.transforms import eval_transform, normalization_for, train_transform
 
         vision = self.model_config().vision
         mean, std = normalization_for(self.cfg.model)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lavila.config import load_config
-from lavila.eval.finetune import ClassificationFinetuneTask, ClassificationLoss, RetrievalFinetuneTask
 from lavila.train.optim import set_lr
+from lavila.train.tasks.finetune import ClassificationFinetuneTask, ClassificationLoss, RetrievalFinetuneTask
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
