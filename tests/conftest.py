@@ -36,3 +36,7 @@ def reference_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"reference fixture {path} not found (set LAVILA_SHARED to the shared/ folder)")
     return path
+
+
+# Tiny benchmark datasets (EK-100, Charades-Ego, EGTEA, EgoMCQ) used by the evaluation and fine-tuning tests.
+pytest_plugins = ["tests.benchmark_fixtures"]
