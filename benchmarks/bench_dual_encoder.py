@@ -26,8 +26,8 @@ REFERENCE_S = {("train", False): 8.64, ("train", True): 8.41, ("encode", False):
 def run_one(cfg: dict) -> dict:
     import torch
 
+    from lavila.models import create_model
     from lavila.models.losses import CLIPLoss
-    from lavila.models.registry import create_model
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lavila.models.registry import create_model  # noqa: E402
+from lavila.models import create_model  # noqa: E402
 from lavila.narrate.generate import GenerationConfig, generate  # noqa: E402
 
 REFERENCE_S = {20: 15.9, 40: 42.2}  # one clip, 10 sequences, reference_bench.md

@@ -1,199 +1,254 @@
-"""Training configuration: YAML recipe files -> dataclasses, command-line overrides, validation.
+"""One configuration path for every ``lavila`` verb: a dataclass, an optional YAML file, command-line flags.
 
-A recipe is data: one flat YAML mapping whose keys are the reference's flag names with ``_`` instead of ``-``
-(``batch_size: 32``, ``metadata_aux: [a.pkl, b.pkl]``). The keys split in two dataclasses:
+A verb's job is a dataclass. :func:`parse` fills it in three layers, later ones winning:
 
-* :class:`TrainConfig` holds what every training job shares (data roots, schedule, optimiser, precision,
-  checkpointing, distributed/SLURM launch);
-* the *task* (``lavila.train.tasks``) contributes its own options dataclass (``Task.Options``), e.g. the dual
-  encoder's ``norm_embed``/``freeze_temperature``/``metadata_aux``. It is stored in ``TrainConfig.task_cfg``.
+1. the dataclass defaults;
+2. an optional YAML recipe (a flat mapping ``key: value``; keys are the field names, e.g. ``batch_size: 32``), then
+   programmatic ``defaults`` and ``--set key=value`` assignments (value parsed as YAML);
+3. command-line flags, parsed by `tyro <https://brentyi.github.io/tyro/>`_ with layer 2 as its defaults, so that
+   ``--help`` shows the values that will actually be used.
 
-Overrides come from the command line exactly as the reference spells its flags (``--batch-size 8``,
-``--norm-embed``, ``--metadata-aux a.pkl b.pkl``, ``--betas 0.9 0.98``, ``--use_volta32``) or as
-``--set key=value`` (value parsed as YAML). Every bad value is reported with the key, where it came from (file or
-flag) and what was expected, because a typo in a 32-GPU job should fail in the first second, not the first hour.
+Flags are spelled as in the reference code: ``--batch-size`` and ``--batch_size`` alike, ``--use_volta32``,
+``--metadata-aux a.pkl b.pkl`` (lists), ``--norm-embed``/``--no-norm-embed`` or ``--norm-embed false`` (switches),
+``--betas 0.9 0.98`` (tuples), ``--clip-grad-value none`` (optional values), short aliases such as ``-j 4``
+(declared with ``option(aliases=...)``) and negative numbers as values. Prefixes are *not* accepted: a 32-GPU job
+started with ``--step 10`` must fail at once rather than silently mean ``--steps 10``. ``--list-keys`` prints every
+key with its type, default and help.
+
+Every mistake is a one-line :class:`~lavila.errors.ConfigError` naming the key and where its value came from (the
+file or the flag): an unknown flag or key gets a "did you mean" from :mod:`difflib` before tyro is even called
+(tyro's own messages are multi-line boxes), and tyro's parse failures are translated to the same one-line form.
+
+Checks are declared once, on the dataclass: ``typing.Literal`` for choices (tyro enforces them on flags, this
+module on file values), ``option(min=..., positive=True)`` for ranges, and an optional ``validate(where)`` method
+for rules that involve several keys (``where(key)`` gives ``"key 'lr' (--lr)"`` for its error messages).
+
+This module is generic: it knows nothing about training or any other verb.
 """
 
 from __future__ import annotations
 
-import argparse
+import ast
+import contextlib
 import dataclasses
 import difflib
+import functools
+import inspect
+import textwrap
 import types
 import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
+import tyro
 import yaml
+from tyro.constructors import PrimitiveConstructorSpec
+
+from lavila.errors import ConfigError
+
+T = TypeVar("T")
+Where = Callable[[str], str]
+
+__all__ = [
+    "ConfigError",
+    "Key",
+    "YamlMapping",
+    "Where",
+    "coerce",
+    "config_keys",
+    "describe_keys",
+    "option",
+    "parse",
+    "read_yaml",
+    "to_plain",
+]
 
 
-class ConfigError(ValueError):
-    """A configuration problem; the message always names the offending key and its source."""
+def option(default: Any = dataclasses.MISSING, help: str = "", *, min: float | None = None,
+           positive: bool = False, default_factory: Any = dataclasses.MISSING,
+           aliases: Sequence[str] = ()) -> Any:
+    """A dataclass field with its help text, range checks and extra flag spellings.
 
-
-def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequence[Any] | None = None,
-           min: float | None = None, positive: bool = False, default_factory: Any = dataclasses.MISSING,
-           launch: bool = False) -> Any:
-    """A dataclass field carrying its help text and value checks (used by TrainConfig and task options).
-
-    ``launch=True`` marks SLURM/submitit keys: giving one of them on the command line routes the job to submitit.
+    ``help`` is what ``--help`` and ``--list-keys`` show (a field docstring works too when ``help`` is empty).
+    ``aliases`` are extra spellings such as the reference's ``-j`` for ``--workers``; for a switch, an alias
+    starting with ``--no-`` turns it off (``--no-cache`` for ``use_cache``).
     """
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "min": min, "positive": positive,
-            "launch": launch}
+    meta: dict[str, Any] = {"min": min, "positive": positive, "aliases": tuple(aliases)}
+    if help:
+        meta["help"] = help + (f" (also {', '.join(aliases)})" if aliases else "")
     if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
-@dataclass
-class TrainConfig:
-    """Everything the training loop itself needs; task-specific keys live in ``task_cfg``."""
-
-    # --- what to train -------------------------------------------------------------------------------------
-    task: str | None = option(None, "task to run (dual_encoder, narrator, ...); default: from the model's kind")
-    model: str = option("CLIP_OPENAI_TIMESFORMER_BASE", "registry model name (`lavila models`)")
-    model_overrides: dict[str, Any] = option(
-        default_factory=dict, help="registry overrides for create_model, e.g. {img_size: 32, vision_layers: 2}")
-    # --- data ----------------------------------------------------------------------------------------------
-    dataset: str = option("ego4d", "training data: ego4d (metadata + video chunks) or synthetic (embedded set)")
-    root: str = option("datasets/Ego4D/video_5min_chunks_288px/", "video root folder")
-    metadata: str = option("datasets/Ego4D/ego4d_train.pkl", "training metadata (pickle/Parquet)")
-    output_dir: str = option("./", "checkpoints, metrics.jsonl and plots go here")
-    clip_length: int = option(4, "frames per clip", positive=True)
-    clip_stride: int = option(16, "frame stride for dense sampling", positive=True)
-    sparse_sample: bool = option(False, "segment-based sparse sampling over the whole window")
-    workers: int = option(10, "DataLoader worker processes per rank", min=0)
-    # --- schedule / optimiser ------------------------------------------------------------------------------
-    epochs: int = option(5, "training epochs", positive=True)
-    warmup_epochs: float = option(1, "linear warm-up length in epochs (fractions allowed)", min=0)
-    start_epoch: int = option(0, "first epoch (overwritten by resume)", min=0)
-    batch_size: int = option(32, "clips per GPU/process per step", positive=True)
-    lr: float = option(3e-5, "peak learning rate", positive=True)
-    fix_lr: bool = option(False, "constant --lr from step 0 (no warm-up, no cosine)")
-    lr_start: float = option(1e-6, "warm-up start learning rate", min=0)
-    lr_end: float = option(1e-5, "cosine end learning rate", min=0)
-    update_freq: int = option(1, "gradient accumulation: optimiser step every N micro-batches", positive=True)
-    wd: float = option(0.01, "AdamW weight decay (decayed group only)", min=0)
-    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas")
-    eps: float = option(1e-8, "AdamW eps", positive=True)
-    clip_grad_type: str = option("norm", "gradient clipping kind", choices=("norm", "value"))
-    clip_grad_value: float | None = option(None, "clip gradients at this norm/value (off when unset)", positive=True)
-    # --- precision / memory --------------------------------------------------------------------------------
-    disable_amp: bool = option(False, "train in fp32 even on CUDA")
-    amp_dtype: str = option("auto", "autocast dtype on CUDA (auto = bf16 where supported, else fp16)",
-                            choices=("auto", "bf16", "fp16"))
-    use_checkpoint: bool = option(False, "gradient (activation) checkpointing in the towers")
-    use_zero: bool = option(False, "ZeroRedundancyOptimizer: shard AdamW state over ranks")
-    use_fsdp: bool = option(False, "FSDP2 (fully_shard) each transformer block and the model")
-    find_unused_parameters: bool = option(False, "DDP find_unused_parameters")
-    # --- evaluation / checkpoints / logging ----------------------------------------------------------------
-    eval_freq: int = option(99, "validation loss every N epochs", positive=True)
-    eval_in_middle_freq: int = option(-1, "task evaluation every N optimiser steps (-1 = off)")
-    eval_at_start: bool = option(False, "run the task evaluation once before training")
-    save_freq: int = option(1, "keep checkpoint_{epoch:04d}.pt every N epochs", positive=True)
-    print_freq: int = option(10, "log metrics every N optimiser steps", positive=True)
-    progress: bool = option(True, "tqdm progress bar on rank 0")
-    plot: bool = option(True, "write training_curves.png at the end")
-    wandb: bool = option(False, "log to Weights & Biases (if installed)")
-    wandb_project: str = option("LaVid", "W&B project")
-    tensorboard: bool = option(False, "write TensorBoard events to output_dir/tb (if installed)")
-    # --- resume / init -------------------------------------------------------------------------------------
-    resume: str = option("", "checkpoint to resume from (reference semantics; output_dir/checkpoint.pt wins)")
-    init_from: str = option("", "load only model weights from this checkpoint (strict=False), e.g. a released one")
-    trust_checkpoint: bool = option(False, "allow torch.load(weights_only=False) for checkpoints you trust")
-    stop_after_steps: int | None = option(
-        None, "save and stop after this many optimiser steps in total (simulates an interruption)", positive=True)
-    # --- system / distributed ------------------------------------------------------------------------------
-    seed: int = option(0, "random seed (data order, augmentation, init)", min=0)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    dist_url: str = option("env://", "process-group init method")
-    dist_backend: str = option("auto", "auto (nccl on CUDA, gloo on CPU), nccl or gloo",
-                               choices=("auto", "nccl", "gloo"))
-    # --- launching (SLURM via submitit) --------------------------------------------------------------------
-    launcher: str = option("auto", "auto (submitit when a SLURM flag is on the command line), local or submitit",
-                           choices=("auto", "local", "submitit"))
-    cluster: str | None = option(None, "submitit cluster: slurm, local or debug (default: auto-detect)",
-                                 choices=("slurm", "local", "debug"), launch=True)
-    nodes: int = option(8, "SLURM nodes", positive=True, launch=True)
-    ngpus: int = option(8, "GPUs (= tasks) per node", positive=True, launch=True)
-    timeout: int = option(2880, "SLURM time limit in minutes", positive=True, launch=True)
-    partition: str = option("learnlab", "SLURM partition", launch=True)
-    use_volta32: bool = option(False, "request 32 GB V100s (constraint volta32gb)", launch=True)
-    comment: str = option("", "SLURM comment", launch=True)
-    job_dir: str = option("", "submitit folder and output_dir ('%j' = job id)", launch=True)
-    mem_gb_per_gpu: int = option(40, "host memory per GPU in GB", positive=True, launch=True)
-    cpus_per_task: int = option(10, "CPUs per task", positive=True, launch=True)
-    slurm_signal_delay_s: int = option(120, "seconds between the pre-emption signal and the kill", min=0,
-                                       launch=True)
-    slurm_max_num_timeout: int = option(30, "how many times a timed-out job is requeued", min=0, launch=True)
-
-    # Not configuration keys: the task's options and which keys the command line set.
-    task_cfg: Any = field(default=None, repr=False, compare=False, metadata={"internal": True})
-    cli_keys: frozenset[str] = field(default=frozenset(), repr=False, compare=False, metadata={"internal": True})
-
-    def to_dict(self) -> dict[str, Any]:
-        """Flat ``{key: value}`` of TrainConfig and task keys (what a YAML recipe contains)."""
-        out = {f.name: _plain(getattr(self, f.name)) for f in config_fields(type(self))}
-        if self.task_cfg is not None:
-            out.update({f.name: _plain(getattr(self.task_cfg, f.name)) for f in config_fields(type(self.task_cfg))})
-        return out
-
-    def to_namespace(self) -> argparse.Namespace:
-        """The reference's ``args`` (a flat Namespace), stored in checkpoints for loaders that read it."""
-        return argparse.Namespace(**self.to_dict())
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @property
-    def submit_requested(self) -> bool:
-        """True when the job should go to submitit rather than run in this process."""
-        if self.launcher != "auto":
-            return self.launcher == "submitit"
-        launch_keys = {f.name for f in config_fields(TrainConfig) if f.metadata.get("launch")}
-        return bool(self.cli_keys & launch_keys)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
+def _yaml_mapping(args: list[str]) -> dict[str, Any]:
+    value = yaml.safe_load(args[0]) if args[0].strip() else {}
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping like {{key: value}}, got {args[0]!r}")
     return value
 
 
-def config_fields(cls: type) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
-
-
-@dataclass
-class NoOptions:
-    """Options of a task that has none."""
+YamlMapping = Annotated[dict[str, Any], PrimitiveConstructorSpec(
+    nargs=1, metavar="{KEY: VALUE}", instance_from_str=_yaml_mapping, is_instance=lambda v: isinstance(v, dict),
+    str_from_instance=lambda v: [yaml.safe_dump(v, default_flow_style=True).strip()])]
+"""A mapping given on the command line as one YAML string: ``--model-overrides '{img_size: 32}'``."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Type coercion
+# The keys of a dataclass
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One configuration key: a field of the dataclass, or of a dataclass nested in it (flattened)."""
+
+    name: str
+    path: tuple[str, ...]  # attribute path from the top-level instance
+    type: Any  # resolved, Annotated[] stripped
+    field: dataclasses.Field
+    owner: type
+    positional: bool = False
+
+    @property
+    def flag(self) -> str:
+        return self.name.upper() if self.positional else "--" + self.name.replace("_", "-")
+
+    @property
+    def is_switch(self) -> bool:
+        return _strip_optional(self.type) is bool
+
+    @property
+    def optional(self) -> bool:
+        return _allows_none(self.type)
+
+    @property
+    def required(self) -> bool:
+        return self.field.default is dataclasses.MISSING and self.field.default_factory is dataclasses.MISSING
+
+    @property
+    def help(self) -> str:
+        return self.field.metadata.get("help") or _field_docs(self.owner).get(self.name, "")
+
+    def default(self) -> Any:
+        if self.field.default is not dataclasses.MISSING:
+            return self.field.default
+        if self.field.default_factory is not dataclasses.MISSING:
+            return self.field.default_factory()
+        return dataclasses.MISSING
+
+
+def _strip_annotated(tp: Any) -> tuple[Any, tuple[Any, ...]]:
+    extras: tuple[Any, ...] = ()
+    while typing.get_origin(tp) is typing.Annotated:
+        args = typing.get_args(tp)
+        tp, extras = args[0], extras + tuple(args[1:])
+    return tp, extras
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _allows_none(tp: Any) -> bool:
+    return _is_union(tp) and type(None) in typing.get_args(tp)
+
+
+def _strip_optional(tp: Any) -> Any:
+    if _allows_none(tp):
+        rest = [a for a in typing.get_args(tp) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else tp
+    return tp
+
+
+def _is_positional_marker(marker: Any) -> bool:
+    return marker is typing.get_args(tyro.conf.Positional[int])[1]
+
+
+@functools.cache
+def config_keys(cls: type) -> dict[str, Key]:
+    """Every key of `cls` by name; the fields of nested dataclasses are flattened (their flags have no prefix)."""
+    out: dict[str, Key] = {}
+    _collect(cls, (), out)
+    return out
+
+
+@functools.cache
+def _groups(cls: type) -> dict[str, type]:
+    """Nested dataclass fields (name -> class): a YAML file may give them as a mapping."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out: dict[str, type] = {}
+    for f in dataclasses.fields(cls):
+        tp, _ = _strip_annotated(hints[f.name])
+        if f.init and dataclasses.is_dataclass(tp):
+            out[f.name] = tp
+            out.update(_groups(tp))
+    return out
+
+
+def _collect(cls: type, prefix: tuple[str, ...], out: dict[str, Key]) -> None:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp, extras = _strip_annotated(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            _collect(tp, prefix + (f.name,), out)
+            continue
+        if f.name in out:
+            raise TypeError(f"{cls.__name__}.{f.name}: the key {f.name!r} is already defined by "
+                            f"{out[f.name].owner.__name__}")
+        owner = next((k for k in cls.__mro__ if f.name in getattr(k, "__annotations__", {})), cls)
+        out[f.name] = Key(f.name, prefix + (f.name,), tp, f, owner, any(_is_positional_marker(m) for m in extras))
+
+
+@functools.cache
+def _field_docs(cls: type) -> dict[str, str]:
+    """Field docstrings (a string literal right after the field), the help of fields declared without option()."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for stmt, nxt in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                docs[stmt.target.id] = " ".join(inspect.cleandoc(nxt.value.value).split())
+    return docs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Values from files: type coercion
 # ---------------------------------------------------------------------------------------------------------------
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-_NONE = {"none", "null", "~", ""}
+_NONE = {"none", "null", "~"}
 
 
 def _type_name(tp: Any) -> str:
+    tp, _ = _strip_annotated(tp)
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+    if _is_union(tp):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(tp))
     if origin is not None:
         return str(tp).replace("typing.", "")
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert `value` (from YAML or a command-line string) to type `tp`; raise ConfigError naming `where`."""
+    """Convert `value` (from YAML, or a string from the command line) to type `tp`; errors name `where`."""
+    tp, _ = _strip_annotated(tp)
     from_cli = isinstance(value, str)
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+    if _is_union(tp):
         args = typing.get_args(tp)
         if type(None) in args and (value is None or (from_cli and value.strip().lower() in _NONE)):
             return None
@@ -208,6 +263,14 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: expected {_type_name(tp)}, got {value!r}")
     if tp is Any:
         return yaml.safe_load(value) if from_cli else value
+    if origin is typing.Literal:
+        for choice in typing.get_args(tp):
+            try:
+                if coerce(value, type(choice), where) == choice:
+                    return choice
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, typing.get_args(tp)))}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -222,14 +285,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if from_cli:
-            try:
+            with contextlib.suppress(ValueError):
                 return int(value.strip())
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    f = None
-                if f is not None and f.is_integer():
+            with contextlib.suppress(ValueError):
+                f = float(value)
+                if f.is_integer():
                     return int(f)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
@@ -238,10 +298,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, int | float):
             return float(value)
         if from_cli:
-            try:
+            with contextlib.suppress(ValueError):
                 return float(value.strip())
-            except ValueError:
-                pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -249,10 +307,15 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)  # e.g. a comment or partition that YAML read as a number
         raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
+    if tp is Path or (isinstance(tp, type) and issubclass(tp, Path)):
+        if isinstance(value, str | Path):
+            return tp(value)
+        raise ConfigError(f"{where}: expected a path, got {value!r}")
+    if origin in (list, tuple) and typing.get_args(tp)[-1:] == (Ellipsis,) or origin is list:
+        item = (typing.get_args(tp) or (Any,))[0]
         items = value if isinstance(value, list | tuple) else [value]
-        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(items)]
+        out = [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(items)]
+        return tuple(out) if origin is tuple else out
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple) or len(value) != len(args):
@@ -267,128 +330,38 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported config type {_type_name(tp)}")
 
 
-def _check(value: Any, f: dataclasses.Field, where: str) -> None:
-    if value is None:
-        return
-    meta = f.metadata
-    if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, meta['choices']))}")
-    if meta.get("positive") and isinstance(value, int | float) and not value > 0:
-        raise ConfigError(f"{where}: must be > 0, got {value!r}")
-    if meta.get("min") is not None and isinstance(value, int | float) and value < meta["min"]:
-        raise ConfigError(f"{where}: must be >= {meta['min']}, got {value!r}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Command-line overrides
-# ---------------------------------------------------------------------------------------------------------------
-
-# Reference flags whose name is not simply the key with '-' for '_'.
-FLAG_ALIASES = {"j": "workers"}
-
-
-def _key_of(flag: str) -> str:
-    key = flag.lstrip("-").replace("-", "_")
-    return FLAG_ALIASES.get(key, key)
-
-
-def parse_overrides(tokens: Sequence[str], known: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
-    """``['--lr', '1e-4', '--norm-embed', '--set', 'wd=0']`` -> ``{key: (raw value, source)}``.
-
-    `known` maps key -> type; it decides how many values a flag takes: bools take none (an explicit
-    ``true``/``false`` may follow), lists and tuples take every value up to the next ``--flag``, others one.
-    ``--no-<bool-key>`` sets a bool to false. Values stay raw here; :func:`coerce` types them.
-    """
-    out: dict[str, tuple[Any, str]] = {}
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if tok == "--set" or tok.startswith("--set="):
-            if tok == "--set":
-                if i + 1 >= len(tokens):
-                    raise ConfigError("--set needs key=value")
-                assignment, i = tokens[i + 1], i + 2
-            else:
-                assignment, i = tok[len("--set="):], i + 1
-            if "=" not in assignment:
-                raise ConfigError(f"--set {assignment!r}: expected key=value")
-            key, raw = assignment.split("=", 1)
-            key = _key_of(key.strip())
-            _require_known(key, known, f"--set {assignment}")
-            out[key] = (yaml.safe_load(raw) if raw.strip() else raw, f"--set {assignment}")
-            continue
-        if not tok.startswith("-") or tok in ("-", "--"):
-            raise ConfigError(f"unexpected argument {tok!r}: overrides look like --key value or --set key=value")
-        name, inline = (tok.split("=", 1) + [None])[:2] if "=" in tok else (tok, None)
-        key = _key_of(name)
-        source = f"{name}"
-        i += 1
-        if key not in known and key.startswith("no_") and known.get(key[3:]) is bool:
-            out[key[3:]] = (False, source)
-            continue
-        _require_known(key, known, source)
-        tp = known[key]
-        if inline is not None:
-            out[key] = (inline, source)
-            continue
-        values = []
-        while i < len(tokens) and not (tokens[i].startswith("--") or _is_short_flag(tokens[i])):
-            values.append(tokens[i])
-            i += 1
-        if tp is bool:
-            if not values:
-                out[key] = (True, source)
-            elif len(values) == 1:
-                out[key] = (values[0], source)
-            else:
-                raise ConfigError(f"{source}: is a switch, got several values {values}")
-        elif _is_sequence_type(tp):
-            if not values:
-                raise ConfigError(f"{source}: needs at least one value")
-            out[key] = (values, source)
-        else:
-            if len(values) != 1:
-                raise ConfigError(f"{source}: expects one value, got {values or 'none'}")
-            out[key] = (values[0], source)
-    return out
-
-
-def _is_short_flag(tok: str) -> bool:
-    # '-j' is a flag; '-1' or '-1e-3' is a negative number value.
-    return len(tok) >= 2 and tok[0] == "-" and tok[1].isalpha()
-
-
-def _is_sequence_type(tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_sequence_type(a) for a in typing.get_args(tp))
-    return origin in (list, tuple)
-
-
-def _require_known(key: str, known: Mapping[str, Any], source: str) -> None:
-    if key not in known:
-        close = difflib.get_close_matches(key, list(known), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"{source}: unknown config key {key!r}{hint}; `lavila train --list-keys` lists them all")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def to_plain(value: Any) -> Any:
+    """A value as YAML writes it back: tuples as lists, paths as strings, dataclasses as mappings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe file as a mapping. Anything else (a video passed by mistake, a list, bad YAML) is a ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise ConfigError(f"{path}: not a YAML config file (binary content); give a .yaml recipe")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at} ({problem})") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -396,134 +369,361 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve_task_name(task: str | None, model: str, source: str = "config") -> str:
-    """The explicit task, else the one implied by the model's kind (dual encoder or narrator)."""
-    if task:
-        return task
-    from lavila.models.registry import MODEL_CONFIGS
-
-    cfg = MODEL_CONFIGS.get(model)
-    if cfg is None:
-        raise ConfigError(f"key 'model' ({source}): unknown model {model!r}; `lavila models` lists them")
-    return {"dual_encoder": "dual_encoder", "vclm": "narrator"}.get(cfg.kind, cfg.kind)
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------------------------
 
 
-def _options_class(task: Any, model: Any, sources: Mapping[str, str] | None = None) -> type:
-    from lavila.train.tasks import get_task_class
+def _did_you_mean(name: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
-    sources = sources or {}
-    name = resolve_task_name(str(task) if task else None, str(model), sources.get("model", "config"))
+
+def _merge(values: dict[str, Any], sources: dict[str, str], given: Mapping[str, Any], source: str,
+           cls: type) -> None:
+    """Type-check `given` (file, defaults or --set values) against the keys of `cls` and merge it into `values`."""
+    keys, groups = config_keys(cls), _groups(cls)
+    for raw_key, value in given.items():
+        key = str(raw_key)
+        if key in groups and isinstance(value, Mapping):
+            nested = {**{k: v for k, v in value.items()}}
+            unknown = [k for k in nested if k not in config_keys(groups[key]) and k not in _groups(groups[key])]
+            if unknown:
+                names = list(config_keys(groups[key]))
+                raise ConfigError(f"{source}: unknown key {key}.{unknown[0]!r}{_did_you_mean(str(unknown[0]), names)}")
+            _merge(values, sources, nested, source, cls)
+            continue
+        if key not in keys:
+            raise ConfigError(f"{source}: unknown key {key!r}{_did_you_mean(key, list(keys))}")
+        values[key] = coerce(value, keys[key].type, f"key {key!r} ({source})")
+        sources[key] = source
+
+
+def _take_set(argv: list[str]) -> tuple[list[str], list[tuple[str, str, Any]]]:
+    """Remove ``--set key=value`` / ``--set=key=value`` from argv; returns (rest, [(assignment, key, value)])."""
+    rest: list[str] = []
+    sets: list[tuple[str, str, Any]] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            rest.extend(argv[i:])
+            break
+        if tok == "--set" or tok.startswith("--set="):
+            if tok == "--set":
+                if i + 1 >= len(argv):
+                    raise ConfigError("--set needs key=value")
+                assignment, i = argv[i + 1], i + 2
+            else:
+                assignment, i = tok[len("--set="):], i + 1
+            if "=" not in assignment:
+                raise ConfigError(f"--set {assignment}: expected key=value")
+            key, raw = assignment.split("=", 1)
+            key = key.strip().lstrip("-").replace("-", "_")
+            sets.append((assignment, key, yaml.safe_load(raw) if raw.strip() else raw))
+            continue
+        rest.append(tok)
+        i += 1
+    return rest, sets
+
+
+def _looks_like_flag(tok: str) -> bool:
+    # '--x' and '-j' are flags; '-1' or '-1e-3' are negative numbers (values).
+    return (tok.startswith("--") and len(tok) > 2) or (len(tok) >= 2 and tok[0] == "-" and tok[1].isalpha())
+
+
+def _canonical(flag: str) -> str:
+    return "--" + flag.lstrip("-").replace("_", "-") if flag.startswith("--") else flag
+
+
+@dataclasses.dataclass
+class _Tokens:
+    args: list[str]  # what tyro gets
+    sources: dict[str, str]  # key -> the flag as the user spelled it
+    raw: dict[str, list[str]]  # key -> the value tokens given after its flag
+
+
+@functools.cache
+def _flag_table(cls: type) -> dict[str, tuple[Key, bool]]:
+    """Every accepted spelling (canonical form) -> (key, negated)."""
+    table: dict[str, tuple[Key, bool]] = {}
+    for key in config_keys(cls).values():
+        if key.positional:
+            continue
+        table[key.flag] = (key, False)
+        if key.is_switch:
+            table["--no-" + key.flag[2:]] = (key, True)
+        for alias in key.field.metadata.get("aliases", ()):
+            negated = key.is_switch and _canonical(alias).startswith("--no-")
+            table[_canonical(alias)] = (key, negated)
+    return table
+
+
+def _normalize(argv: Sequence[str], cls: type, where: Where) -> _Tokens:
+    """Check every flag against the dataclass (did-you-mean on typos) and rewrite the reference's spellings into
+    the canonical ones tyro understands: aliases, ``--flag true/false``, ``none`` for optional values."""
+    table = _flag_table(cls)
+    has_positionals = any(k.positional for k in config_keys(cls).values())
+    out = _Tokens([], {}, {})
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        i += 1
+        if tok == "--":
+            out.args.extend(argv[i - 1:])
+            break
+        if not _looks_like_flag(tok) or tok in ("-h", "--help"):
+            out.args.append(tok)
+            continue
+        name, eq, inline = tok.partition("=")
+        entry = table.get(_canonical(name))
+        if entry is None:
+            raise ConfigError(f"unknown option {name}{_did_you_mean(_canonical(name), list(table))}")
+        key, negated = entry
+        out.sources[key.name] = name
+        values = [inline] if eq else []
+        if not eq:
+            j = i
+            while j < len(argv) and not _looks_like_flag(argv[j]) and argv[j] != "--":
+                j += 1
+            values = argv[i:j]
+        out.raw[key.name] = values
+        if key.is_switch:
+            state = not negated
+            if eq or (values and values[0].strip().lower() in _TRUE | _FALSE):
+                word = values[0].strip().lower()
+                if word not in _TRUE | _FALSE:
+                    raise ConfigError(f"{where(key.name)}: is a switch; give true or false, got {values[0]!r}")
+                state = (word in _TRUE) != negated
+                i += 0 if eq else 1
+            elif values and not has_positionals:
+                raise ConfigError(f"{where(key.name)}: is a switch; give true or false after it (or "
+                                  f"--no-{key.flag[2:]}), got {values[0]!r}")
+            if key.optional or key.required:
+                out.args += [key.flag, str(state)]
+            else:
+                out.args.append(key.flag if state else "--no-" + key.flag[2:])
+            continue
+        out.args.append(key.flag)
+        if eq:
+            values = [inline]
+        if key.optional and len(values) == 1 and values[0].strip().lower() in _NONE:
+            out.args.append("None")
+            i += 0 if eq else 1
+        elif eq:
+            out.args.append(inline)
+    return out
+
+
+def _set_attr(obj: Any, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)  # frozen dataclasses too
+
+
+def _assemble(cls: type, values: Mapping[str, Any], *, for_tyro: bool) -> Any:
+    """An instance of `cls` from field defaults + `values` (flattened keys). For tyro's ``default=`` a required key
+    without a value becomes ``tyro.MISSING`` (tyro then asks for it); otherwise it is a ConfigError."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp, _ = _strip_annotated(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            base = (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                    else f.default if f.default is not dataclasses.MISSING else None)
+            inner = _assemble(tp, values, for_tyro=for_tyro)
+            if base is not None:
+                changed = {g.name: getattr(inner, g.name) for g in dataclasses.fields(tp)
+                           if g.init and _touched(tp, g.name, values)}
+                inner = dataclasses.replace(base, **changed) if changed else base
+            kwargs[f.name] = inner
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+        elif f.default is not dataclasses.MISSING:
+            kwargs[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs[f.name] = f.default_factory()
+        elif for_tyro:
+            kwargs[f.name] = tyro.MISSING
+        else:
+            key = config_keys(cls).get(f.name)
+            what = "argument" if key is not None and key.positional else "option"
+            raise ConfigError(f"missing required {what} {key.flag if key else f.name}")
+    if for_tyro:
+        obj = object.__new__(cls)
+        for name, value in kwargs.items():
+            _set_attr(obj, name, value)
+        return obj
     try:
-        return get_task_class(name).Options
-    except KeyError as err:
-        raise ConfigError(f"key 'task' ({sources.get('task', 'config')}): {err.args[0]}") from None
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from err
 
 
-def _peek(tokens: Sequence[str], key: str) -> str | None:
-    """The last value given to --key / --set key=... on the command line (before full parsing)."""
-    found = None
-    for i, tok in enumerate(tokens):
-        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-        if tok == f"--{key}" and nxt is not None:
-            found = nxt
-        elif tok.startswith(f"--{key}="):
-            found = tok.split("=", 1)[1]
-        elif tok == "--set" and nxt is not None and nxt.startswith(f"{key}="):
-            found = nxt.split("=", 1)[1]
-        elif tok.startswith(f"--set={key}="):
-            found = tok[len(f"--set={key}="):]
-    return found
+def _touched(cls: type, name: str, values: Mapping[str, Any]) -> bool:
+    if name in values:
+        return True
+    groups = _groups(cls)
+    return name in groups and any(k in values for k in config_keys(groups[name]))
 
 
-def build_config(values: Mapping[str, Any], sources: Mapping[str, str] | None = None,
-                 cli_keys: frozenset[str] = frozenset(), options_cls: type | None = None) -> TrainConfig:
-    """Typed, checked TrainConfig (+ task options) from a flat mapping; `sources` says where each key came from."""
-    sources = dict(sources or {})
+def parse(cls: type[T], argv: Sequence[str] = (), *, prog: str = "lavila", yaml_path: str | Path | None = None,
+          defaults: Mapping[str, Any] | None = None, description: str | None = None) -> T:
+    """`cls` from its defaults, the optional YAML file, `defaults`, ``--set`` and the flags in `argv`.
 
-    def where(key: str) -> str:
-        return f"key {key!r} ({sources.get(key, 'config')})"
-
-    if options_cls is None:
-        options_cls = _options_class(coerce(values.get("task"), str | None, where("task")),
-                                     coerce(values.get("model", TrainConfig.model), str, where("model")), sources)
-    train_hints, opt_hints = _hints(TrainConfig), _hints(options_cls)
-    train_fields = {f.name: f for f in config_fields(TrainConfig)}
-    opt_fields = {f.name: f for f in config_fields(options_cls)}
-    overlap = set(train_fields) & set(opt_fields)
-    if overlap:
-        raise ConfigError(f"task options {options_cls.__name__} redefine trainer keys {sorted(overlap)}")
-    known = {**train_fields, **opt_fields}
-    train_kw: dict[str, Any] = {}
-    opt_kw: dict[str, Any] = {}
-    for key, value in values.items():
-        _require_known(key, known, sources.get(key, "config"))
-        hints = train_hints if key in train_fields else opt_hints
-        typed = coerce(value, hints[key], where(key))
-        _check(typed, known[key], where(key))
-        (train_kw if key in train_fields else opt_kw)[key] = typed
-    try:
-        opts = options_cls(**opt_kw)
-    except TypeError as err:
-        raise ConfigError(f"task options: {err}") from err
-    cfg = TrainConfig(**train_kw, task_cfg=opts, cli_keys=frozenset(cli_keys))
-    if cfg.task is None:
-        cfg.task = resolve_task_name(None, cfg.model)
-    _cross_checks(cfg, where)
-    return cfg
-
-
-def _cross_checks(cfg: TrainConfig, where: Any) -> None:
-    if cfg.lr_end > cfg.lr and not cfg.fix_lr:
-        raise ConfigError(f"{where('lr_end')}: {cfg.lr_end} is above lr={cfg.lr}")
-    if cfg.warmup_epochs > cfg.epochs and not cfg.fix_lr:
-        raise ConfigError(f"{where('warmup_epochs')}: {cfg.warmup_epochs} exceeds epochs={cfg.epochs}")
-    b1, b2 = cfg.betas
-    if not (0 <= b1 < 1 and 0 <= b2 < 1):
-        raise ConfigError(f"{where('betas')}: each beta must be in [0, 1), got {cfg.betas}")
-    if cfg.use_zero and cfg.use_fsdp:
-        raise ConfigError(f"{where('use_fsdp')}: use either use_zero or use_fsdp, not both")
-    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"{where('device')}: expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
-    validate = getattr(cfg.task_cfg, "validate", None)
-    if validate is not None:
-        validate(cfg, where)
-
-
-def load_config(path: str | Path | None, overrides: Sequence[str] = (),
-                base: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Recipe file (optional) + `base` values (programmatic) + command-line `overrides`, in that order."""
+    Raises :class:`ConfigError` (one line) for every mistake; ``--help`` and ``--list-keys`` print and raise
+    ``SystemExit(0)``.
+    """
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    if path is not None:
-        for k, v in read_yaml(path).items():
-            values[str(k)] = v
-            sources[str(k)] = str(path)
-    for k, v in (base or {}).items():
-        values[k], sources[k] = v, "defaults"
-    # The override flags are typed by the task's options, so find the task first (a --task/--model override wins).
-    peeked = {k: _peek(overrides, k) for k in ("task", "model")}
-    task = peeked["task"] or values.get("task")
-    model = peeked["model"] or values.get("model", TrainConfig.model)
-    options_cls = _options_class(task, model, {k: (f"--{k}" if v else sources.get(k, "default"))
-                                               for k, v in peeked.items()})
-    known = {**_hints(TrainConfig), **_hints(options_cls)}
-    known = {k: v for k, v in known.items() if k not in ("task_cfg", "cli_keys")}
-    parsed = parse_overrides(list(overrides), known)
-    for key, (raw, source) in parsed.items():
-        values[key], sources[key] = raw, source
-    return build_config(values, sources, frozenset(parsed), options_cls)
+    if yaml_path is not None:
+        _merge(values, sources, read_yaml(yaml_path), str(yaml_path), cls)
+    if defaults:
+        _merge(values, sources, defaults, "defaults", cls)
+    argv, sets = _take_set(list(argv))
+    for assignment, key, value in sets:
+        _merge(values, sources, {key: value}, f"--set {assignment}", cls)
+    if "--list-keys" in argv[: argv.index("--") if "--" in argv else len(argv)]:
+        print(describe_keys(cls, values))
+        raise SystemExit(0)
+    flag_sources: dict[str, str] = {}
+
+    def where(key: str) -> str:
+        return f"key {key!r} ({flag_sources.get(key) or sources.get(key, 'default')})"
+
+    tokens = _normalize(argv, cls, where)
+    flag_sources.update(tokens.sources)
+    if tokens.args:
+        instance = _run_tyro(cls, tokens, prog, _assemble(cls, values, for_tyro=True), where, description)
+    else:
+        instance = _assemble(cls, values, for_tyro=False)
+    check_ranges(instance, where)
+    _validate(instance, where)
+    return instance
 
 
-def describe_keys(options_cls: type | None = None) -> str:
-    """Human-readable table of every key: type, default, help (``lavila train --list-keys``)."""
-    lines = []
-    for title, cls in (("trainer", TrainConfig), ("task", options_cls)):
-        if cls is None:
+def _validate(instance: Any, where: Where) -> None:
+    """Call the dataclass's ``validate(where)`` (or a plain ``validate()`` raising ValueError) if it has one."""
+    validate = getattr(instance, "validate", None)
+    if not callable(validate):
+        return
+    if inspect.signature(validate).parameters:
+        validate(where)
+        return
+    try:
+        validate()
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def _run_tyro(cls: type[T], tokens: _Tokens, prog: str, default: Any, where: Where, description: str | None) -> T:
+    keys = config_keys(cls)
+
+    def key_of(argument: Any) -> str | None:
+        if argument is None:
+            return None
+        name = getattr(getattr(argument, "field", None), "intern_name", None)
+        if name in keys:
+            return name
+        entry = _flag_table(cls).get(_canonical(str(argument.display_name())))
+        return entry[0].name if entry else None
+
+    def on_error(event: Any) -> None:
+        kind = type(event).__name__
+        if kind == "MissingArgs":
+            missing = [keys[n].flag if (n := key_of(a.arg)) else a.arg.display_name()
+                       for a in event.missing_arguments]
+            what = "argument" if all(n.isupper() for n in missing) else "option"
+            raise ConfigError(f"missing required {what}{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        if kind == "UnrecognizedArgs":
+            raise ConfigError(f"unexpected argument {event.tokens[0]!r}")
+        key = key_of(getattr(event, "argument", None))
+        at = f"{where(key)}: " if key else ""
+        if kind == "InvalidChoice":
+            raise ConfigError(f"{at}{event.value!r} is not one of {', '.join(map(str, event.choices))}")
+        if kind == "BadValue" and key:
+            nargs = getattr(getattr(event.argument, "lowered", None), "nargs", None)
+            raise ConfigError(f"{at}expected {nargs} values ({_type_name(keys[key].type)}), got "
+                              f"{len(tokens.raw.get(key, []))}")
+        if kind == "InstantiationFailure":
+            if key and key in tokens.raw:
+                coerce_error = _coerce_message(tokens.raw[key], keys[key].type, where(key))
+                if coerce_error:
+                    raise ConfigError(coerce_error)
+            raise ConfigError(f"{at}{str(event.message).strip().splitlines()[0]}")
+        raise ConfigError(f"{at}invalid arguments ({kind}); see --help")
+
+    hook: Any = contextlib.nullcontext()
+    with contextlib.suppress(ImportError, AttributeError):
+        from tyro._errors import on_parse_error  # private but stable enough; without it tyro prints its own box
+
+        hook = on_parse_error(on_error)
+    with hook:
+        try:
+            return tyro.cli(cls, args=tokens.args, prog=prog, default=default, description=description,
+                            config=(tyro.conf.OmitArgPrefixes,))
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as err:  # raised by the dataclass itself (e.g. __post_init__)
+            raise ConfigError(str(err)) from err
+
+
+def _takes_many(tp: Any) -> bool:
+    tp = _strip_optional(_strip_annotated(tp)[0])
+    return typing.get_origin(tp) in (list, tuple)
+
+
+def _coerce_message(raw: list[str], tp: Any, where: str) -> str | None:
+    try:
+        coerce(raw if _takes_many(tp) else (raw[0] if raw else None), tp, where)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def check_ranges(instance: Any, where: Where) -> None:
+    """The ``option(min=..., positive=True)`` checks of every key (None = unset passes)."""
+    for key in config_keys(type(instance)).values():
+        value: Any = instance
+        for name in key.path:
+            value = getattr(value, name)
+        meta = key.field.metadata
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        hints = _hints(cls)
-        lines.append(f"# {title} keys ({cls.__name__})")
-        for f in config_fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            flag = "--" + f.name.replace("_", "-")
-            lines.append(f"  {flag:<30} {_type_name(hints[f.name]):<22} default {default!r:<24} {f.metadata['help']}")
+        if meta.get("positive") and not value > 0:
+            raise ConfigError(f"{where(key.name)}: must be > 0, got {value!r}")
+        if meta.get("min") is not None and value < meta["min"]:
+            raise ConfigError(f"{where(key.name)}: must be >= {meta['min']}, got {value!r}")
+
+
+def values_of(instance: Any) -> dict[str, Any]:
+    """Flat ``{key: value}`` of an instance (nested dataclasses flattened), as a YAML recipe holds them."""
+    out = {}
+    for key in config_keys(type(instance)).values():
+        value: Any = instance
+        for name in key.path:
+            value = getattr(value, name)
+        out[key.name] = to_plain(value)
+    return out
+
+
+def describe_keys(cls: type, values: Mapping[str, Any] | None = None) -> str:
+    """Every key of `cls`: flag, type, default (the file's value where one was given) and help."""
+    values = values or {}
+    lines = [f"# {cls.__name__}: YAML key = flag name ('-' or '_' alike); flags override the file"]
+    for key in config_keys(cls).values():
+        default = values.get(key.name, key.default())
+        shown = "(required)" if default is dataclasses.MISSING else repr(to_plain(default))
+        flag = key.flag + (" (positional)" if key.positional else "")
+        lines.append(f"  {flag:<32} {_type_name(key.type):<24} default {shown:<24} {key.help}")
     return "\n".join(lines)
+
+
+def iter_flags(cls: type) -> Iterator[str]:
+    """Every accepted flag spelling of `cls` (canonical form), e.g. for completion or tests."""
+    yield from _flag_table(cls)

@@ -10,11 +10,18 @@ from __future__ import annotations
 import builtins
 import datetime
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+
+# torch 2.13 deprecates the autograd-aware gather in favour of the newer functional collectives, which older
+# supported versions (>= 2.1) lack; it still works, so keep its warning out of every training log.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+                        category=FutureWarning)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,22 @@ def world_info_from_env(env: Mapping[str, str] | None = None) -> DistInfo:
             local_rank = rank % max(torch.cuda.device_count(), 1)
         return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, source="slurm")
     return DistInfo()
+
+
+def resolve_device(spec: str | None = "auto", local_rank: int | None = None) -> torch.device:
+    """The one rule every entry point (training, evaluation, narration, demo, benchmarks) uses to pick a device.
+
+    ``auto`` (or None/empty) -> ``cuda:<local_rank>`` when CUDA is available, else CPU; ``cuda`` -> ``cuda:<local_rank>``
+    (one GPU per process under torchrun/SLURM); anything else is taken as torch spells it (``cpu``, ``cuda:1``, ``mps``).
+    ``local_rank`` defaults to the launcher's (LOCAL_RANK / SLURM_LOCALID, 0 in a plain process).
+    """
+    spec = spec or "auto"
+    if spec in ("auto", "cuda"):
+        if spec == "auto" and not torch.cuda.is_available():
+            return torch.device("cpu")
+        rank = world_info_from_env().local_rank if local_rank is None else local_rank
+        return torch.device("cuda", rank)
+    return torch.device(spec)
 
 
 def init_distributed(
@@ -138,31 +161,13 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather forward; backward sums every rank's gradient for this rank's slice (all_reduce SUM + own slice).
-
-    Each rank builds the same global loss, so rank r's slice receives W copies of dL/dx_r: the gradient that
-    reaches the local encoder is W * dL/dx_r, and DDP's mean over ranks turns W * (1/W) into the exact dL/dtheta.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        tensor = tensor.contiguous()
-        ctx.rank = dist.get_rank()
-        ctx.batch = tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor)
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
-
-
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's `tensor` along dim 0, keeping the graph (identity without a process group).
+
+    ``torch.distributed.nn.functional.all_gather``'s backward sums every rank's gradient for this rank's slice
+    (reduce-scatter on NCCL, all-to-all + sum elsewhere). Each rank builds the same global loss, so rank r's slice
+    receives W copies of dL/dx_r: the gradient that reaches the local encoder is W * dL/dx_r, and DDP's mean over
+    ranks turns W * (1/W) into the exact dL/dtheta (tests/train/test_dist_loss.py checks this with 2 processes).
 
     All ranks must hold the same shape (the loaders use drop_last). 0-d tensors are gathered as 1-element vectors.
     """
@@ -170,7 +175,7 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.unsqueeze(0)
     if get_world_size() == 1:
         return tensor
-    return _GatherWithGrad.apply(tensor)
+    return torch.cat(dist_nn.all_gather(tensor), dim=0)
 
 
 def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,8 @@ def bpe_path() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from lavila.models.registry import config_to_dict, create_model
+    from lavila.models import create_model
+    from lavila.models.config import config_to_dict
 
     torch.manual_seed(0)
     model = create_model("CLIP_OPENAI_TIMESFORMER_BASE", **TINY)

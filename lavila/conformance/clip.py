@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from lavila.conformance import Check
+from lavila.models import create_model
 from lavila.models.checkpoint import inflate_temporal_embed, load_state_dict_into
-from lavila.models.registry import create_model
 
 ATOL = 1e-5
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from lavila.conformance import Check
-from lavila.models.transforms import eval_transform, normalization_for
+from lavila.models.registry import get_config
+from lavila.models.transforms import eval_transform
 
 ATOL = 1e-5
 _SINGLE = re.compile(r"^single_view_antialias_(True|False)$")
@@ -37,15 +38,17 @@ def check_transforms(path: str | Path) -> list[Check]:
     std = data.get("std_openai")
     checks: list[Check] = []
 
-    ref_mean, ref_std = normalization_for("CLIP_OPENAI_TIMESFORMER_BASE")
+    openai = get_config("CLIP_OPENAI_TIMESFORMER_BASE").preprocess
+    ref_mean, ref_std = openai.mean, openai.std
     if mean is not None and std is not None:
         const_err = max(abs(a - b) for a, b in zip(list(ref_mean) + list(ref_std), list(mean) + list(std)))
-        checks.append(Check.compare(name, "normalization_for(OPENAI)", const_err, 1e-9))
+        checks.append(Check.compare(name, "registry preprocess (OpenAI rows)", const_err, 1e-9))
     if "mean_imagenet" in data and "std_imagenet" in data:
-        im_mean, im_std = normalization_for("CLIP_HF_TIMESFORMER_DISTILBERT_BASE")
+        other = get_config("CLIP_HF_TIMESFORMER_DISTILBERT_BASE").preprocess
+        im_mean, im_std = other.mean, other.std
         vals = list(data["mean_imagenet"]) + list(data["std_imagenet"])
         const_err = max(abs(a - b) for a, b in zip(list(im_mean) + list(im_std), vals))
-        checks.append(Check.compare(name, "normalization_for(other)", const_err, 1e-9))
+        checks.append(Check.compare(name, "registry preprocess (ImageNet rows)", const_err, 1e-9))
     mean = mean if mean is not None else ref_mean
     std = std if std is not None else ref_std
 

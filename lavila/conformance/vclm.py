@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from lavila.conformance import Check
-from lavila.models.registry import ModelConfig, build_from_config, get_config
+from lavila.models import ModelConfig, build_model, get_config
 
 ATOL_ACT = 1e-5  # activations (README: atol 1e-5)
 ATOL_LOGITS = 1e-4  # logits and losses
@@ -52,7 +52,7 @@ def check_vclm(path: Path) -> list[Check]:
 
     fx = torch.load(path, map_location="cpu", weights_only=False)
     name = Path(path).name
-    model = build_from_config(config_from_fixture(fx)).eval()
+    model = build_model(config_from_fixture(fx)).eval()
     try:
         model.load_state_dict(fx["state_dict"], strict=True)
         checks = [Check.compare(name, "state_dict_strict_load", 0.0, 0.0)]

@@ -108,6 +108,10 @@ def validate_row(row: Any, index: int, source: str = "<rows>") -> None:
         _check(_is_real(value), source, index, name, f"must be a number of seconds, got {value!r:.80}")
         _check(math.isfinite(float(value)), source, index, name, f"must be finite, got {value!r}")
     _check(float(start) >= 0, source, index, "start_sec", f"must be >= 0 (absolute seconds), got {start!r}")
+    _check(float(end) >= 0, source, index, "end_sec", f"must be >= 0 (absolute seconds), got {end!r}")
+    # An empty or reversed window samples frames before its start (negative ids with chunked videos).
+    _check(float(end) > float(start), source, index, "end_sec",
+           f"must be greater than start_sec ({start!r}), got {end!r}")
     if isinstance(text, str):
         pass
     elif isinstance(text, (list, tuple)):
@@ -122,6 +126,7 @@ def validate_row(row: Any, index: int, source: str = "<rows>") -> None:
             _check(
                 _is_real(score), source, index, "score", f"with a single text the score is a number, got {score!r:.80}"
             )
+            _check(math.isfinite(float(score)), source, index, "score", f"must be finite, got {score!r}")
         else:
             _check(
                 isinstance(score, (list, tuple)) and len(score) == len(text),
@@ -132,6 +137,7 @@ def validate_row(row: Any, index: int, source: str = "<rows>") -> None:
             )
             for j, s in enumerate(score):
                 _check(_is_real(s), source, index, "score", f"item {j} must be a number, got {s!r:.80}")
+                _check(math.isfinite(float(s)), source, index, "score", f"item {j} must be finite, got {s!r}")
 
 
 def validate_rows(rows: Sequence[Any], source: str = "<rows>") -> None:
@@ -188,6 +194,15 @@ def table_to_rows(table, source: str = "<table>") -> list[Row]:
     missing = [c for c in ("video_uid", "start_sec", "end_sec", "text") if c not in table.column_names]
     if missing:
         raise MetadataError(source, None, None, f"missing Parquet columns {missing} (have {table.column_names})")
+    import pyarrow as pa
+
+    text_type = table.schema.field("text").type
+    if not (pa.types.is_list(text_type) or pa.types.is_large_list(text_type)):
+        # Splitting a plain string column would silently give one "text" per character.
+        raise MetadataError(source, 0 if table.num_rows else None, "text",
+                            f"the column has type {text_type}; the metadata layout stores list<string> (one list of "
+                            "texts per row, a one-item list for a human narration): write the file with "
+                            "lavila.data.metadata.save_metadata or `lavila convert-metadata` from a pickle")
     cols = {name: table.column(name).to_pylist() for name in table.column_names}
     n = table.num_rows
     arity = cols.get("arity") or [5 if cols.get("score") and cols["score"][i] is not None else 4 for i in range(n)]
@@ -219,9 +234,14 @@ def load_metadata(path: str | os.PathLike, validate: bool = True) -> list[Row]:
         raise FileNotFoundError(f"metadata file not found: {path}")
     suffix = path.suffix.lower()
     if suffix in PARQUET_SUFFIXES:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = table_to_rows(pq.read_table(path), str(path))
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as err:
+            raise MetadataError(str(path), None, None, f"not a readable Parquet file: {err}") from err
+        rows = table_to_rows(table, str(path))
     elif suffix in PICKLE_SUFFIXES:
         rows = _load_pickle(path)
     else:

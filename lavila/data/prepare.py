@@ -15,16 +15,28 @@ and renamed; a per-video ``manifest.json`` (written atomically) lists finished c
 size. A rerun skips videos whose manifest says complete and whose chunks are all present with the recorded size,
 deletes leftovers of interrupted runs and re-encodes from the first missing chunk. A video that cannot be decoded is
 reported (with the reason) in the final report and in ``DST/prepare_report.json``; the others go on.
+
+Parallel videos run in worker processes that die with the parent (``PR_SET_PDEATHSIG`` on Linux, a watchdog of the
+parent pid elsewhere), so a killed job leaves no process writing behind it that a rerun would race. A worker that
+dies (the OOM killer, a kill) loses only its video: that video is reported as failed (with how the worker died),
+a fresh worker takes the remaining videos, and the job ends with its report. Fail points (:mod:`lavila.failpoints`):
+``prepare.video_start`` (detail: the source file name), ``prepare.chunk_encoded`` and ``prepare.chunk_renamed``
+(detail: ``<uid>.mp4/<start>.mp4``), plus the ``atomic.*`` points of ``manifest.json`` and ``prepare_report.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import ctypes
 import json
 import math
 import multiprocessing as mp
+import multiprocessing.connection
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lavila.atomic import atomic_write_bytes
+from lavila.atomic import atomic_write_bytes, remove_stale_temps
+from lavila.failpoints import failpoint
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
 MANIFEST = "manifest.json"
@@ -125,7 +138,10 @@ class ChunkWriter:
             raise RuntimeError(f"{self.tmp}: wrote {self.count} frames but the file holds {frames}")
         with open(self.tmp, "rb") as f:
             os.fsync(f.fileno())
+        detail = f"{self.final.parent.name}/{self.final.name}"
+        failpoint("prepare.chunk_encoded", detail)
         os.replace(self.tmp, self.final)
+        failpoint("prepare.chunk_renamed", detail)  # renamed, not yet in the manifest: a rerun re-encodes it
         return {"frames": self.count, "bytes": self.final.stat().st_size}
 
     def abort(self) -> None:
@@ -244,6 +260,7 @@ def prepare_video(source: str | os.PathLike, dst_root: str | os.PathLike, cfg: P
     uid = source.stem
     report = VideoReport(str(source), uid)
     out_dir = Path(dst_root) / f"{uid}.mp4"
+    failpoint("prepare.video_start", source.name)
     try:
         _prepare(source, out_dir, cfg, report)
     except Exception as err:  # one bad video must not stop the others
@@ -378,6 +395,127 @@ def _work(job: tuple[str, str, PrepareConfig]) -> VideoReport:
     return prepare_video(*job)
 
 
+# ------------------------------------------------------------------------------------------------------ workers
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker exit as soon as `parent_pid` does, wherever it is in its work.
+
+    ``multiprocessing.Pool`` workers notice a dead parent only between tasks, so a killed job left workers encoding
+    for the rest of their video, racing the rerun. Linux: the kernel sends SIGKILL on the parent's death; a thread
+    watching ``os.getppid()`` covers other systems and the moment before ``prctl`` took effect.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _worker_main(conn: mp.connection.Connection, parent_pid: int) -> None:
+    """Prepare the videos the parent sends, one at a time, until it sends ``None`` or goes away."""
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        conn.send(_work(job))
+
+
+def _death_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        how = f"was killed by {name}" + (" (the OOM killer sends it when memory runs out)" if name == "SIGKILL"
+                                          else "")
+    else:
+        how = f"exited with status {exitcode}"
+    return f"WorkerDied: the worker process preparing this video {how}; rerun to retry it"
+
+
+class _Worker:
+    def __init__(self, ctx: mp.context.BaseContext) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True,
+                                name="prepare-ego4d-worker")
+        self.proc.start()
+        child.close()
+        self.job: tuple[str, str, PrepareConfig] | None = None
+
+    def send(self, job: tuple[str, str, PrepareConfig]) -> None:
+        self.job = job
+        self.conn.send(job)
+
+    def stop(self, kill: bool = False) -> None:
+        if not kill:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=10)
+        self.conn.close()
+
+
+def _run_workers(jobs: list[tuple[str, str, PrepareConfig]], workers: int) -> Iterator[VideoReport]:
+    """Reports of `jobs` prepared by `workers` processes, in completion order; a dead worker fails its video only.
+
+    One job per worker at a time (videos take minutes, dispatch costs nothing), so the video a dead worker held is
+    known exactly; the parent waits on result pipes *and* process sentinels, so a death can never hang it.
+    """
+    ctx = mp.get_context("spawn")
+    queue = collections.deque(jobs)
+    pool = [_Worker(ctx) for _ in range(min(workers, len(jobs)))]
+    try:
+        for w in pool:
+            w.send(queue.popleft())
+        while any(w.job is not None for w in pool):
+            busy = [w for w in pool if w.job is not None]
+            ready = set(mp.connection.wait([w.conn for w in busy] + [w.proc.sentinel for w in busy]))
+            for i, w in enumerate(pool):
+                if w.job is None or (w.conn not in ready and w.proc.sentinel not in ready):
+                    continue
+                report = None
+                try:
+                    if w.conn.poll():
+                        report = w.conn.recv()
+                except (EOFError, OSError):
+                    report = None
+                if report is None:  # died without a result (it may have sent nothing, or half a message)
+                    w.proc.join(timeout=10)
+                    src = w.job[0]
+                    report = VideoReport(src, Path(src).stem, failed=True, reason=_death_reason(w.proc.exitcode))
+                    w.stop(kill=True)
+                    w.job = None
+                    if queue:
+                        w = pool[i] = _Worker(ctx)
+                w.job = None
+                yield report
+                if queue:
+                    w.send(queue.popleft())
+    finally:
+        for w in pool:
+            w.stop(kill=w.job is not None)
+
+
 def prepare_all(
     src: str | os.PathLike, dst: str | os.PathLike, cfg: PrepareConfig, workers: int = 1, progress: bool = True
 ) -> list[VideoReport]:
@@ -386,6 +524,7 @@ def prepare_all(
 
     sources = list_sources(src)
     Path(dst).mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dst, "prepare_report.json")  # per-video leftovers: removed when the video is redone
     jobs = [(str(s), str(dst), cfg) for s in sources]
     reports: list[VideoReport] = []
     bar = tqdm(total=len(jobs), unit="video", desc="prepare-ego4d", disable=not progress)
@@ -394,10 +533,9 @@ def prepare_all(
             reports.append(_work(job))
             bar.update(1)
     else:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for rep in pool.imap_unordered(_work, jobs):
-                reports.append(rep)
-                bar.update(1)
+        for rep in _run_workers(jobs, workers):
+            reports.append(rep)
+            bar.update(1)
     bar.close()
     reports.sort(key=lambda r: r.source)
     summary = summarize(reports)

@@ -46,10 +46,13 @@ def get_frame_ids(start: int, end: int, num_segments: int, jitter: bool = False,
 
     The range is split into `num_segments` equal float segments whose bounds are rounded half-to-even (`np.round`);
     each segment contributes its midpoint `(a+b)//2`, or a uniform draw in [a, b] when jittering. Ids may repeat
-    when the range is shorter than `num_segments` — the reference allows that.
+    when the range is shorter than `num_segments` — the reference allows that. A range that starts below 0 or ends
+    before it starts is an error (the reference returned negative ids, i.e. frames counted from the end).
     """
     if num_segments <= 0:
         raise ValueError(f"get_frame_ids: num_segments must be positive, got {num_segments}")
+    if start < 0 or end < start:
+        raise ValueError(f"get_frame_ids: frame range [{start}, {end}) must have 0 <= start <= end")
     seg_size = float(end - start - 1) / num_segments
     ids = []
     for i in range(num_segments):
@@ -57,6 +60,8 @@ def get_frame_ids(start: int, end: int, num_segments: int, jitter: bool = False,
         b = int(np.round(seg_size * (i + 1)) + start)
         b = min(b, end)
         ids.append(_randint_inclusive(rng, a, b) if jitter else (a + b) // 2)
+    if min(ids) < 0:  # only [0, 0): the reference's segments of an empty range reach back to -1
+        raise ValueError(f"get_frame_ids: the frame range [{start}, {end}) is empty")
     return ids
 
 
@@ -186,6 +191,8 @@ def _read_whole(
         )
     frame_offset = int(np.round(second * fps))
     total_duration = max(int((end_second - second) * fps), clip_length)
+    if frame_offset < 0 or frame_offset >= n:
+        raise ValueError(f"video_loader: window [{second}, {end_second}] of {vid} starts past its {n} frames")
     frame_ids = get_frame_ids(frame_offset, min(frame_offset + total_duration, n), clip_length, jitter, rng)
     if max(frame_ids) >= n or min(frame_ids) < 0:
         raise ValueError(f"video_loader: window [{second}, {end_second}] of {vid} starts past its {n} frames")

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from lavila.models.config import PreprocessConfig
+from lavila.models.tokenizers import WordTokenizer
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -97,39 +99,9 @@ def _template_words() -> list[str]:
     return sorted(words | set(COLOURS) | set(OBJECTS))
 
 
-class WordTokenizer:
-    """Word-level tokenizer over the synthetic vocabulary: ``[SOT] words [EOT]``, zero padded, EOT = max id.
-
-    Lower-cases and splits on whitespace; unknown words map to ``<unk>``. Used only by the synthetic set (the real
-    recipes use the CLIP BPE or WordPiece tokenizers of ``lavila.models.tokenizers``).
-    """
-
-    PAD, UNK = 0, 1
-
-    def __init__(self, words: Sequence[str] | None = None, context_length: int = 16) -> None:
-        self.words = list(words if words is not None else _template_words())
-        self.index = {w: i + 2 for i, w in enumerate(self.words)}
-        self.sot = len(self.words) + 2
-        self.eot = self.sot + 1
-        self.vocab_size = self.eot + 1
-        self.context_length = context_length
-
-    def encode(self, text: str) -> list[int]:
-        return [self.index.get(w, self.UNK) for w in text.lower().split()]
-
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
-        ctx = context_length or self.context_length
-        single = isinstance(texts, str)
-        batch = [texts] if single else list(texts)
-        out = torch.zeros(len(batch), ctx, dtype=torch.long)
-        for row, text in enumerate(batch):
-            ids = [self.sot] + self.encode(text)[: ctx - 2] + [self.eot]
-            out[row, : len(ids)] = torch.tensor(ids)
-        return out[0] if single else out
-
-    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        inverse = {i: w for w, i in self.index.items()}
-        return " ".join(inverse.get(int(i), "<unk>") for i in ids if int(i) not in (self.PAD, self.sot, self.eot))
+def synthetic_tokenizer(context_length: int = 16) -> WordTokenizer:
+    """The word-level tokenizer over this world's vocabulary (saved beside the demo's models)."""
+    return WordTokenizer(_template_words(), context_length=context_length)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -233,7 +205,7 @@ class SyntheticEgoClips(Dataset):
 
     def __init__(self, split: str = "train", size: int = 1024, *, num_frames: int = 4, img_size: int = 32,
                  text_source: str = "human", seed: int = 0, train_augment: bool | None = None,
-                 tokenizer: WordTokenizer | None = None, model_name: str = "CLIP_OPENAI_TIMESFORMER_BASE",
+                 tokenizer: WordTokenizer | None = None, preprocess: PreprocessConfig | None = None,
                  distractor_prob: float = 0.5) -> None:
         if text_source not in TEXT_SOURCES:
             raise ValueError(f"unknown synthetic text source {text_source!r}; choose from {TEXT_SOURCES}")
@@ -243,12 +215,13 @@ class SyntheticEgoClips(Dataset):
         self.text_source, self.seed = text_source, seed
         self.combos = split_combos(split)
         self.augment = (split == "train") if train_augment is None else train_augment
-        self.tokenizer = tokenizer or WordTokenizer()
+        self.tokenizer = tokenizer or synthetic_tokenizer()
         self.render_size = img_size + img_size // 4 if self.augment else img_size
         self.distractor_prob = distractor_prob
-        from lavila.models.transforms import eval_transform, normalization_for, train_transform
+        from lavila.models.transforms import eval_transform, train_transform
 
-        mean, std = normalization_for(model_name)
+        p = preprocess or PreprocessConfig()
+        mean, std = p.mean, p.std
         self.transform = (train_transform(img_size, mean, std, scale=(0.7, 1.0)) if self.augment
                           else eval_transform(img_size, mean, std))
 
@@ -285,5 +258,5 @@ def chance_median_rank(n: int) -> float:
     return (n + 1) / 2
 
 
-__all__ = ["COLOURS", "OBJECTS", "ACTIONS", "Combo", "SyntheticEgoClips", "WordTokenizer", "all_combos",
+__all__ = ["COLOURS", "OBJECTS", "ACTIONS", "Combo", "SyntheticEgoClips", "synthetic_tokenizer", "all_combos",
            "chance_recall", "chance_median_rank", "heldout_groups", "is_heldout", "render_clip", "split_combos"]

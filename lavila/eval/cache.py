@@ -9,23 +9,60 @@ editing a video file in place.
 Files are written atomically (tmp + fsync + rename). While a job runs, every rank periodically saves the items it
 has finished to a *partial* file of the same key; a restarted job (with any number of ranks) loads all partials
 first and only computes what is missing, so a crash loses at most one flush interval of work.
+
+Entries are safetensors files (arrays) whose header holds the rest as JSON (failures, key parts): reading one can
+never run code, unlike ``torch.load(weights_only=False)`` of a pickle, and a cache folder is often shared or
+copied. Files of the old pickle layout (``<key>.pt``) are ignored, never unpickled.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from lavila.atomic import atomic_save
+from lavila.atomic import atomic_target
+
+log = logging.getLogger(__name__)
 
 ENV_CACHE_DIR = "LAVILA_CACHE_DIR"
+SUFFIX = ".safetensors"
+_HEADER_KEY = "lavila.embedding_cache"
+CACHE_FORMAT = 2  # 1: torch.save pickles (.pt), never read since they can run code
+
+
+def write_entry(path: str | os.PathLike, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+    """Atomically write `arrays` and the JSON-able `info` as one safetensors file."""
+    from safetensors.numpy import save_file
+
+    header = {_HEADER_KEY: json.dumps({"format": CACHE_FORMAT, **info}, sort_keys=True, default=repr)}
+    with atomic_target(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=header)
+
+
+def read_entry(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``(arrays, info)`` of a file written by :func:`write_entry`; ``ValueError`` for any other (never unpickled)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            header = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 - the parser's own error types vary; all mean "not ours"
+        raise ValueError(f"{path}: not an embedding cache file (safetensors): {str(err).splitlines()[0]}") from err
+    try:
+        info = json.loads(header[_HEADER_KEY])
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"{path}: a safetensors file without the lavila embedding-cache header") from err
+    if info.get("format") != CACHE_FORMAT:
+        raise ValueError(f"{path}: embedding cache format {info.get('format')!r}, expected {CACHE_FORMAT}")
+    return arrays, info
 
 
 def default_cache_dir() -> Path:
@@ -57,7 +94,11 @@ def items_digest(items: Iterable[Any]) -> str:
 
 
 class EmbeddingCache:
-    """One cache entry ``<dir>/<key>.pt`` = ``{"embeds": float32 [N, ...], "failed": {index: message}, "meta": {}}``."""
+    """One cache entry ``<dir>/<key>.safetensors``: ``embeds`` float32 [N, ...], header ``{failed, meta}``.
+
+    :meth:`load` returns ``{"embeds", "failed": {index: message}, "meta"}`` or None (missing or unreadable: the
+    embeddings are recomputed; an unreadable file is reported in one warning line).
+    """
 
     def __init__(self, directory: str | os.PathLike, key: str) -> None:
         self.directory = Path(directory)
@@ -65,47 +106,60 @@ class EmbeddingCache:
 
     @property
     def path(self) -> Path:
-        return self.directory / f"{self.key}.pt"
+        return self.directory / f"{self.key}{SUFFIX}"
 
     def partial_path(self, rank: int) -> Path:
-        return self.directory / f"{self.key}.partial-rank{rank}.pt"
+        return self.directory / f"{self.key}.partial-rank{rank}{SUFFIX}"
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.is_file():
             return None
         try:
-            data = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
+            arrays, info = read_entry(self.path)
+            if "embeds" not in arrays:
+                raise ValueError(f"{self.path}: no 'embeds' array")
+        except ValueError as err:  # a damaged or foreign entry is recomputed, never trusted
+            log.warning("ignoring embedding cache entry: %s; recomputing", err)
             return None
-        if not isinstance(data, dict) or "embeds" not in data:
-            return None
-        return data
+        failed = {int(k): v for k, v in info.get("failed", {}).items()}
+        return {"embeds": arrays["embeds"], "failed": failed, "meta": info.get("meta", {})}
 
     def save(self, embeds: np.ndarray, failed: dict[int, str], meta: dict[str, Any]) -> None:
-        atomic_save({"embeds": embeds, "failed": dict(failed), "meta": meta}, self.path)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_entry(self.path, {"embeds": np.asarray(embeds)},
+                    {"failed": {str(k): v for k, v in failed.items()}, "meta": meta})
 
     # -------------------------------------------------------------------------------------------------- partials
     def load_partials(self) -> tuple[dict[int, np.ndarray], dict[int, str]]:
         """Every item any rank of an earlier (interrupted) run finished: ``({index: embedding}, {index: error})``."""
         done: dict[int, np.ndarray] = {}
         failed: dict[int, str] = {}
-        for path in sorted(self.directory.glob(f"{self.key}.partial-rank*.pt")):
+        for path in sorted(self.directory.glob(f"{self.key}.partial-rank*{SUFFIX}")):
             try:
-                part = torch.load(path, map_location="cpu", weights_only=False)
-            except Exception:  # noqa: BLE001 - a partial damaged by a crash is ignored (recomputed)
+                arrays, info = read_entry(path)
+            except ValueError as err:  # a partial that is not ours is ignored (its items are recomputed)
+                log.warning("ignoring partial embedding cache: %s", err)
                 continue
-            for i, e in zip(part.get("index", []), part.get("embeds", [])):
+            for i, e in zip(arrays.get("index", []), arrays.get("embeds", [])):
                 done[int(i)] = np.asarray(e)
-            failed.update({int(k): v for k, v in part.get("failed", {}).items()})
+            failed.update({int(k): v for k, v in info.get("failed", {}).items()})
         return done, failed
 
     def save_partial(self, rank: int, done: dict[int, np.ndarray], failed: dict[int, str]) -> None:
         index = sorted(done)
         embeds = np.stack([done[i] for i in index]) if index else np.zeros((0,), dtype=np.float32)
-        atomic_save({"index": index, "embeds": embeds, "failed": dict(failed)}, self.partial_path(rank))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_entry(self.partial_path(rank), {"index": np.asarray(index, dtype=np.int64), "embeds": embeds},
+                    {"failed": {str(k): v for k, v in failed.items()}})
+
+    def remove_stale_temps(self) -> None:
+        """Temporaries of entries whose writer was killed (a job starting on this cache calls it)."""
+        from lavila.atomic import remove_stale_temps
+
+        remove_stale_temps(self.directory, f"{self.key}*{SUFFIX}")
 
     def remove_partials(self) -> None:
-        for path in self.directory.glob(f"{self.key}.partial-rank*.pt"):
+        for path in self.directory.glob(f"{self.key}.partial-rank*{SUFFIX}"):
             try:
                 path.unlink()
             except FileNotFoundError:

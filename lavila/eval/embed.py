@@ -93,6 +93,7 @@ def embed_dataset(
     done: dict[int, np.ndarray] = {}
     failed: dict[int, str] = {}
     if cache is not None:
+        cache.remove_stale_temps()
         done, failed = cache.load_partials()
     todo = [i for i in range(rank, len(dataset), world) if i not in done and i not in failed]
     loader = DataLoader(

@@ -8,6 +8,10 @@ truncated file) are reported, counted and left out — never indexed as black fr
 
 ``lavila search "text" --index INDEX [--top-k 5]`` embeds the query with the same checkpoint's text tower and
 prints the best windows by cosine similarity with their timestamps.
+
+The index is a safetensors file: the embeddings as a float32 tensor, everything else (windows, checkpoint, protocol,
+skipped files) as JSON in its header. Loading it parses no pickle, so an index file from someone else cannot run
+code (a pickled index — this module's format 1 — is refused, never unpickled; rebuild it).
 """
 
 from __future__ import annotations
@@ -25,15 +29,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from lavila.atomic import atomic_save
+from lavila.atomic import atomic_target, remove_stale_temps
 from lavila.data.benchmarks import SegmentDataset, SegmentSampling, VideoSegment
 from lavila.data.decode import VideoDecodeError, open_video
 from lavila.eval.cache import EmbeddingCache, digest, file_fingerprint, items_digest
 from lavila.eval.embed import effective_precision, embed_dataset, encode_texts, l2_normalize, resolve_device
-from lavila.models.transforms import eval_transform, normalization_for
+from lavila.failpoints import failpoint
+from lavila.models import model_transforms
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 1 was a torch.save pickle
+_HEADER_KEY = "lavila.index"
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ def build_index(args: argparse.Namespace) -> dict[str, Any]:
 
     folder = Path(args.video_dir).resolve()
     out = Path(args.out)
+    remove_stale_temps(out.parent, out.name)  # of an index write a kill interrupted (the work folder: the cache's)
     device = resolve_device(args.device)
     loaded = load_eval_model(args.checkpoint, args.frames, args.model)
     if loaded.kind != "dual_encoder":
@@ -120,10 +127,8 @@ def build_index(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[skip] {s['video']}: {s['error']}", file=sys.stderr)
     if not windows:
         raise RuntimeError(f"no readable video in {folder} ({len(skipped)} skipped)")
-    mean, std = normalization_for(cfg.name)
     segments = [VideoSegment(w.video, w.start, w.end, "action") for w in windows]
-    dataset = SegmentDataset(folder, segments, SegmentSampling(args.frames), eval_transform(cfg.vision.img_size,
-                                                                                            mean, std))
+    dataset = SegmentDataset(folder, segments, SegmentSampling(args.frames), model_transforms(cfg)[1])
     precision = effective_precision(device, args.precision)
     protocol = {"window": args.window, "stride": args.stride, "frames": args.frames, "crop": cfg.vision.img_size}
     key = digest({"checkpoint": file_fingerprint(args.checkpoint), "model": cfg.name, "protocol": protocol,
@@ -152,9 +157,20 @@ def build_index(args: argparse.Namespace) -> dict[str, Any]:
         "failed_windows": [{**asdict(windows[i]), "error": m} for i, m in sorted(result.failed.items())],
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    atomic_save(index, out)
+    save_index(index, out)
+    failpoint("index.written", out.name)  # written, INDEX.work/ not yet removed
     shutil.rmtree(work, ignore_errors=True)
     return index
+
+
+def save_index(index: dict[str, Any], out: str | Path) -> None:
+    """Atomically write `index` (``embeddings`` tensor + JSON-able fields) as safetensors."""
+    from safetensors.torch import save_file
+
+    fields = {k: v for k, v in index.items() if k != "embeddings"}
+    header = {_HEADER_KEY: json.dumps(fields, sort_keys=True)}
+    with atomic_target(out) as tmp:
+        save_file({"embeddings": index["embeddings"].float().contiguous()}, str(tmp), metadata=header)
 
 
 def configure_index_parser(parser: argparse.ArgumentParser) -> None:
@@ -194,10 +210,23 @@ def load_index(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"index not found: {path} (build one with `lavila index VIDEO_DIR ...`)")
-    index = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
-        raise ValueError(f"{path} is not a lavila index (format {INDEX_FORMAT})")
-    return index
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            embeddings = f.get_tensor("embeddings") if "embeddings" in f.keys() else None
+        fields = json.loads(header[_HEADER_KEY])
+    except Exception as err:  # noqa: BLE001 - whatever the parser says, the file is not an index we wrote
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        old = " (a pickle, as indexes of format 1 were: rebuild it with `lavila index`)" if magic[:2] in (
+            b"PK", b"\x80\x02", b"\x80\x04", b"\x80\x05") else ""
+        raise ValueError(f"{path} is not a lavila index{old}; index files are safetensors and are never unpickled, "
+                         "since unpickling can run code") from err
+    if not isinstance(fields, dict) or fields.get("format") != INDEX_FORMAT or embeddings is None:
+        raise ValueError(f"{path} is not a lavila index of format {INDEX_FORMAT} (rebuild it with `lavila index`)")
+    return {**fields, "embeddings": embeddings}
 
 
 def search(index: dict[str, Any], query_embedding: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:

@@ -53,11 +53,8 @@ from lavila.eval.embed import (
     l2_normalize,
     resolve_device,
 )
-from lavila.models.checkpoint import config_from_checkpoint, load_checkpoint, load_state_dict_into, strip_prefix
-from lavila.models.classifier import build_classifier, head_sizes_from_state_dict
-from lavila.models.registry import ModelConfig, build_from_config, get_config
-from lavila.models.timesformer import build_vision_tower
-from lavila.models.transforms import eval_transform, normalization_for
+from lavila.models import ModelConfig, create_model, model_transforms
+from lavila.models.factory import get_model_config
 
 BENCHMARKS = ("ek100_mir", "ek100_cls", "charades_ego", "egtea", "egomcq")
 TEMPLATES_DEFAULT = ["{}"]
@@ -104,43 +101,17 @@ class LoadedModel:
     checkpoint: dict[str, Any]
 
 
-def is_classifier_checkpoint(ckpt: dict[str, Any]) -> bool:
-    """A fine-tuned classifier has ``fc_cls`` head weights; a dual encoder does not."""
-    return any(k.endswith("fc_cls.bias") or k.endswith("fc_cls.0.bias") for k in ckpt["state_dict"])
-
-
 def load_eval_model(path: str | Path, num_frames: int, model_name: str | None = None,
-                    ckpt: dict[str, Any] | None = None) -> LoadedModel:
-    """Rebuild the checkpoint's model for ``num_frames`` frames (temporal embedding inflated/truncated) and load it.
+                    trust_checkpoint: bool = False) -> LoadedModel:
+    """The checkpoint's dual encoder or fine-tuned classifier, rebuilt for ``num_frames`` frames, in eval mode.
 
     Reference fine-tuning checkpoints store the fine-tuning script's arguments, which do not name the backbone; pass
-    ``model_name`` (``--model``) for those. ``ckpt`` avoids reading a large file twice.
+    ``model_name`` (``--model``) for those.
     """
-    ckpt = load_checkpoint(path) if ckpt is None else ckpt
-    sd = strip_prefix(ckpt["state_dict"])
-    if model_name is not None:
-        overrides: dict[str, Any] = {"num_frames": num_frames}
-        args = ckpt.get("args")
-        a = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
-        if a.get("project_embed_dim"):
-            overrides["embed_dim"] = a["project_embed_dim"]
-        cfg = get_config(model_name, **overrides)
-    else:
-        try:
-            cfg = config_from_checkpoint(ckpt, num_frames=num_frames)
-        except (KeyError, ValueError) as err:
-            raise ValueError(f"{path}: cannot tell which model this checkpoint holds ({err}); "
-                             "pass --model NAME") from err
-    is_classifier = is_classifier_checkpoint(ckpt)
-    if is_classifier:
-        sizes = head_sizes_from_state_dict(sd)
-        model = build_classifier(build_vision_tower(cfg.vision), sizes, dropout=0.0)
-    else:
-        sizes = []
-        model = build_from_config(cfg)
-    load_state_dict_into(model, sd, strict=True)
-    model.eval()
-    return LoadedModel(model, cfg, "classifier" if is_classifier else "dual_encoder", sizes, ckpt)
+    model = create_model(path, arch=model_name, kind=("dual_encoder", "classifier"), num_frames=num_frames,
+                         trust_checkpoint=trust_checkpoint).eval()
+    cfg = model.config
+    return LoadedModel(model, cfg, cfg.kind, list(cfg.num_classes), model.checkpoint_meta)
 
 
 def _encode_fn(loaded: LoadedModel):
@@ -153,11 +124,11 @@ def _encode_fn(loaded: LoadedModel):
     return model.encode_image
 
 
-def _tokenizer(cfg: ModelConfig, args: argparse.Namespace):
-    from lavila.models.tokenizers import get_tokenizer
+def _tokenizer(cfg: ModelConfig, args: Any):
+    """The row's tokenizer, from ``--tokenizer`` (or the older ``--bpe-path``) when given."""
+    from lavila.models import get_tokenizer
 
-    return get_tokenizer(cfg.name, bpe_path=getattr(args, "bpe_path", None), context_length=cfg.text.context_length,
-                         pretrained=getattr(args, "tokenizer", None))
+    return get_tokenizer(cfg, getattr(args, "tokenizer", None) or getattr(args, "bpe_path", None))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -230,12 +201,9 @@ def sampling_for(protocol: Protocol):
 
 
 def build_dataset(data: BenchmarkData, protocol: Protocol, cfg: ModelConfig, root: str) -> SegmentDataset:
-    mean, std = normalization_for(cfg.name)
     # Sparse sampling yields one long clip of num_clips*clip_length frames, split into temporal views here.
-    transform = eval_transform(
-        cfg.vision.img_size, mean, std, num_clips=protocol.num_clips, num_crops=protocol.num_crops,
-        clip_length=protocol.clip_length, center_crop_first=protocol.center_crop_first,
-    )
+    _, transform = model_transforms(cfg, num_clips=protocol.num_clips, num_crops=protocol.num_crops,
+                                    clip_length=protocol.clip_length, center_crop_first=protocol.center_crop_first)
     return SegmentDataset(root, data.segments, sampling_for(protocol), transform)
 
 
@@ -381,11 +349,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run one benchmark; returns the result record (also written to ``--output`` by :func:`run`)."""
     info = dist.init_distributed() if dist.world_info_from_env().distributed else dist.DistInfo()
     device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint)
-    kind = "classifier" if is_classifier_checkpoint(ckpt) else "dual_encoder"
+    kind = get_model_config(args.checkpoint, arch=args.model).kind
     protocol = resolve_protocol(args, kind)
-    loaded = load_eval_model(args.checkpoint, protocol.clip_length, args.model, ckpt=ckpt)
-    del ckpt
+    loaded = load_eval_model(args.checkpoint, protocol.clip_length, args.model)
     model = loaded.model.to(device)
     cfg = loaded.config
     data = load_benchmark(args.benchmark, args)

@@ -9,6 +9,7 @@ refuses), and reports any mismatch key by key instead of a stack trace.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavila.models.registry import ModelConfig, apply_overrides, build_from_config, config_from_dict, get_config
+from lavila.models.config import ModelConfig, apply_overrides
+from lavila.models.registry import get_config, row_from_dict
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -111,55 +113,126 @@ def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, Any], strict
     return missing
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file; the reference pickles an ``argparse.Namespace``, which we allow-list."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not say which model it holds; the message names the file."""
+
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
+    """The one checkpoint reader: ours, the reference's ``.pth`` (pickled ``args`` Namespace) or a pretrained folder.
+
+    ``.pth``/``.pt`` files are read with ``weights_only=True`` and ``argparse.Namespace`` allow-listed, which reads
+    both ours and the reference's; a file that needs arbitrary unpickling is refused unless ``trust``
+    (``--trust-checkpoint``), because unpickling runs code. A ``save_pretrained`` folder (``config.json`` +
+    ``model.safetensors``) or a bare ``.safetensors`` file is read without any pickle. Returns
+    ``{"state_dict", ["model_config" | "args"], ...}``.
+    """
     path = Path(path)
+    if path.is_dir():
+        return _read_pretrained_folder(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    torch.serialization.add_safe_globals([argparse.Namespace])
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return {"state_dict": load_file(str(path))}
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - anything unpicklable under weights_only
-        raise RuntimeError(f"{path}: cannot be read as a checkpoint with weights_only=True ({err}). "
-                           "If you trust the file, load it with torch.load(weights_only=False).") from err
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = _torch_load(path)
+    except Exception as err:  # noqa: BLE001 - any unpickling refusal
+        if not trust:
+            raise CheckpointError(
+                f"{path}: cannot be read with torch.load(weights_only=True) ({str(err).splitlines()[0]}); if you "
+                "trust this file, pass --trust-checkpoint, or convert it once with `lavila convert`") from err
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
-    if "state_dict" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
+    if "state_dict" not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         ckpt = {"state_dict": ckpt}  # a bare state dict
+    if "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: no 'state_dict' in this checkpoint (keys: {', '.join(map(str, ckpt))})")
     return ckpt
 
 
-def config_from_checkpoint(ckpt: Mapping[str, Any], **overrides: Any) -> ModelConfig:
-    """The registry row a checkpoint was trained with: our ``model_config`` or the reference's ``args``."""
-    if "model_config" in ckpt:
-        return apply_overrides(config_from_dict(dict(ckpt["model_config"])), **overrides)
+def _torch_load(path: Path) -> Any:
+    """``weights_only`` load, memory-mapped where the file allows it (reading a config twice then costs nothing)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) serialization
+
+
+def _read_pretrained_folder(folder: Path) -> dict[str, Any]:
+    import json
+
+    from safetensors.torch import load_file
+
+    config, weights = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    for f in (config, weights):
+        if not f.is_file():
+            raise CheckpointError(f"{folder}: not a pretrained model folder ({f.name} missing; write one with "
+                                  "`lavila convert` or model.save_pretrained)")
+    try:
+        meta = json.loads(config.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict) or "model_config" not in meta:
+        raise CheckpointError(f"{config}: no 'model_config' (not written by lavila)")
+    return {"state_dict": load_file(str(weights)), **meta, "pretrained_dir": str(folder)}
+
+
+def _args_dict(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     args = ckpt.get("args")
-    if args is None:
-        raise ValueError("checkpoint has neither 'model_config' nor 'args': cannot tell which model it is")
-    a = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    return vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+
+
+def classifier_head_sizes(state_dict: Mapping[str, Any]) -> list[int]:
+    """Class count of each ``fc_cls`` head of a (``module.``-stripped) state dict; empty for other models."""
+    if "fc_cls.bias" in state_dict:
+        return [int(state_dict["fc_cls.bias"].shape[0])]
+    sizes = []
+    while f"fc_cls.{len(sizes)}.bias" in state_dict:
+        sizes.append(int(state_dict[f"fc_cls.{len(sizes)}.bias"].shape[0]))
+    return sizes
+
+
+def config_from_checkpoint(ckpt: Mapping[str, Any], arch: str | None = None, **overrides: Any) -> ModelConfig:
+    """The registry row a checkpoint holds: our ``model_config``, else the reference's ``args``.
+
+    Reference fine-tuning checkpoints store the fine-tuning script's arguments, which do not name the backbone:
+    ``arch`` (``--model``) names it then. A state dict with ``fc_cls`` heads is a classifier of that backbone.
+    """
+    heads = classifier_head_sizes(strip_prefix(ckpt.get("state_dict", {})))
+    if "model_config" in ckpt and arch is None:
+        cfg = row_from_dict(dict(ckpt["model_config"]))
+        if heads and cfg.kind != "classifier":  # written with the backbone's row before classifiers had their own
+            cfg = dataclasses.replace(cfg, kind="classifier", num_classes=tuple(heads))
+        return apply_overrides(cfg, **overrides)
+    a = _args_dict(ckpt)
+    name = arch or a.get("model")
+    if not name:
+        raise CheckpointError("checkpoint has neither 'model_config' nor 'args.model': cannot tell which model it "
+                              "is; pass --model NAME")
     kw: dict[str, Any] = {}
     if a.get("project_embed_dim") is not None:
         kw["embed_dim"] = a["project_embed_dim"]
     if a.get("clip_length") is not None:
         kw["num_frames"] = a["clip_length"]
-    if a.get("norm_embed") is not None:
+    if a.get("norm_embed") is not None and not str(name).startswith("VCLM"):
         kw["norm_embed"] = bool(a["norm_embed"])
-    if "gated_xattn" in a and a["model"].startswith("VCLM"):
+    if "gated_xattn" in a and str(name).startswith("VCLM"):
         kw["gated_xattn"] = bool(a["gated_xattn"])
+    if heads:
+        kw.update(kind="classifier", num_classes=tuple(heads), dropout=float(a.get("dropout_rate", 0.0) or 0.0))
     kw.update(overrides)
-    return get_config(a["model"], **kw)
-
-
-def model_from_checkpoint(path: str | Path, strict: bool = True, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the checkpoint's model (``num_frames=...`` etc. as overrides) and load its weights."""
-    ckpt = load_checkpoint(path)
-    cfg = config_from_checkpoint(ckpt, **overrides)
-    model = build_from_config(cfg)
-    try:
-        load_state_dict_into(model, ckpt["state_dict"], strict=strict)
-    except CheckpointMismatchError as err:
-        raise CheckpointMismatchError(f"{path} ({cfg.name}): {err}") from None
-    return model, ckpt
+    kind = kw.pop("kind", None)
+    cfg = get_config(str(name), **kw)
+    return dataclasses.replace(cfg, kind=kind) if kind else cfg
 
 
 def manifest_diff(model: nn.Module, manifest_entry: Mapping[str, Any]) -> list[str]:

@@ -8,11 +8,15 @@ load strictly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from lavila.models.config import ModelConfig
+from lavila.models.pretrained import PretrainedMixin
 
 
 def _head(width: int, num_classes: int) -> nn.Linear:
@@ -29,8 +33,12 @@ def _width(visual: nn.Module) -> int:
     raise ValueError(f"cannot tell the feature width of {type(visual).__name__} (no embed_dim/num_features)")
 
 
-class VideoClassifier(nn.Module):
+class VideoClassifier(PretrainedMixin, nn.Module):
     """CLS feature -> Dropout(p) -> ``fc_cls`` (one head, ``[B, K]`` logits)."""
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> nn.Module:
+        return classifier_from_config(cfg)
 
     def __init__(self, visual: nn.Module, dropout: float, num_classes: int, config: Any = None) -> None:
         super().__init__()
@@ -47,8 +55,12 @@ class VideoClassifier(nn.Module):
         return self.fc_cls(self.dropout(self.visual(video)))
 
 
-class VideoClassifierMultiHead(nn.Module):
+class VideoClassifierMultiHead(PretrainedMixin, nn.Module):
     """Shared dropout, one head per label space (EK-100: ``[97 verbs, 300 nouns, 3806 actions]``); returns a list."""
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> nn.Module:
+        return classifier_from_config(cfg)
 
     def __init__(self, visual: nn.Module, dropout: float, num_classes: Sequence[int], config: Any = None) -> None:
         super().__init__()
@@ -69,30 +81,24 @@ class VideoClassifierMultiHead(nn.Module):
 
 
 def build_classifier(visual: nn.Module, num_classes: Sequence[int] | int, dropout: float = 0.5,
-                     config: Any = None) -> nn.Module:
-    """One head for a single class count, the multi-head wrapper for several (``--use-vn-classifier``)."""
+                     config: ModelConfig | None = None) -> nn.Module:
+    """One head for a single class count, the multi-head wrapper for several (``--use-vn-classifier``).
+
+    ``config`` is the backbone's row; the classifier records it as a ``classifier`` row with its head sizes, so a
+    saved classifier is rebuilt by the factory like any other model.
+    """
     counts = [num_classes] if isinstance(num_classes, int) else list(num_classes)
     if not counts or any(k <= 0 for k in counts):
         raise ValueError(f"num_classes must be positive class counts, got {num_classes}")
+    if config is not None:
+        config = dataclasses.replace(config, kind="classifier", num_classes=tuple(counts), dropout=dropout)
     if len(counts) == 1:
         return VideoClassifier(visual, dropout, counts[0], config)
     return VideoClassifierMultiHead(visual, dropout, counts, config)
 
 
-def is_multihead_state_dict(state_dict: dict) -> bool:
-    """Whether a (``module.``-stripped) classifier state dict has several ``fc_cls.{i}`` heads."""
-    return any(k.startswith("fc_cls.0.") for k in state_dict)
+def classifier_from_config(cfg: ModelConfig) -> nn.Module:
+    """A classifier of a ``classifier`` row: the row's video tower and heads."""
+    from lavila.models.timesformer import build_vision_tower
 
-
-def head_sizes_from_state_dict(state_dict: dict) -> list[int]:
-    """Class count of each head, read from the ``fc_cls`` biases (to rebuild a fine-tuned checkpoint's model)."""
-    if "fc_cls.bias" in state_dict:
-        return [int(state_dict["fc_cls.bias"].shape[0])]
-    sizes = []
-    i = 0
-    while f"fc_cls.{i}.bias" in state_dict:
-        sizes.append(int(state_dict[f"fc_cls.{i}.bias"].shape[0]))
-        i += 1
-    if not sizes:
-        raise ValueError("state dict has no fc_cls head (not a classifier checkpoint)")
-    return sizes
+    return build_classifier(build_vision_tower(cfg.vision), cfg.num_classes, cfg.dropout, config=cfg)

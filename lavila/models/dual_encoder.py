@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavila.models.registry import ModelConfig
+from lavila.models.config import ModelConfig
+from lavila.models.pretrained import PretrainedMixin
 from lavila.models.text import Transformer, build_distilbert, init_clip_text
 from lavila.models.timesformer import build_vision_tower
 
 
-class DualEncoder(nn.Module):
+class DualEncoder(PretrainedMixin, nn.Module):
     def __init__(self, cfg: ModelConfig, pretrained_text: bool = False) -> None:
         super().__init__()
         self.config = cfg

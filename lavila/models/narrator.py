@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config
 
+from lavila.models.config import ModelConfig, TextConfig
 from lavila.models.gpt2_gated import GatedGPT2LMHeadModel, gated_gpt2_config
-from lavila.models.registry import ModelConfig, TextConfig
+from lavila.models.pretrained import PretrainedMixin
 from lavila.models.timesformer import build_vision_tower
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def gpt2_config_for(text: TextConfig) -> GPT2Config:
     return GPT2Config(**{k: v for k, v in d.items() if k not in ("model_type", "transformers_version")})
 
 
-class VCLM(nn.Module):
+class VCLM(PretrainedMixin, nn.Module):
     """Visual-conditional language model (the reference's ``VCLM_HF``).
 
     ``freeze_*`` mirror ``--freeze-lm-vclm --freeze-visual-vclm --freeze-visual-vclm-temporal`` (all on for the

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lavila.models.registry import TextConfig
+from lavila.models.config import TextConfig
 from lavila.models.timesformer import QuickGELU
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lavila.models.registry import VisionConfig
+from lavila.models.config import VisionConfig
 
 
 class QuickGELU(nn.Module):

@@ -196,6 +196,7 @@ class SimpleTokenizer:
         self.cache: dict[str, str] = {SOT_TEXT: SOT_TEXT, EOT_TEXT: EOT_TEXT}
         self.sot_token_id = self.encoder[SOT_TEXT]
         self.eot_token_id = self.encoder[EOT_TEXT]
+        self.bos_token_id, self.eos_token_id = self.sot_token_id, self.eot_token_id  # one naming for every kind
         self.pad_token_id = 0
         self.vocab_size = len(self.encoder)
 
@@ -260,19 +261,6 @@ class SimpleTokenizer:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _load_hf(cls_name: str, name_or_path: str) -> Any:
-    import transformers
-
-    cls = getattr(transformers, cls_name)
-    try:
-        return cls.from_pretrained(name_or_path)
-    except OSError as err:
-        raise OSError(
-            f"cannot load the {cls_name} '{name_or_path}': pass a local tokenizer folder (pretrained=...) or a "
-            f"tokenizer object (tokenizer=...), or allow the HF hub to download it once ({err})"
-        ) from err
-
-
 class HFWordPieceTokenizer:
     """DistilBERT/BERT ids and float attention mask, cut to the context *after* [CLS]/[SEP] (long texts lose [SEP])."""
 
@@ -327,54 +315,219 @@ class HFGPT2Tokenizer:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Dispatch by model name
+# Word-level vocabulary (the synthetic demo world: its models must travel with their words)
 # --------------------------------------------------------------------------------------------------------------
 
-# (name suffix, family, default HF name) in the reference's order: the first match wins, which matters because
-# "..._DISTILBERT_BASE" also ends with "BERT_BASE".
-TOKENIZER_RULES: list[tuple[str, str, str]] = [
-    ("DISTILBERT_BASE", "wordpiece-distilbert", "distilbert-base-uncased"),
-    ("BERT_BASE", "wordpiece-bert", "bert-base-uncased"),
-    ("BERT_LARGE", "wordpiece-bert", "bert-large-uncased"),
-    ("GPT2", "gpt2", "gpt2"),
-    ("GPT2_MEDIUM", "gpt2", "gpt2-medium"),
-    ("GPT2_LARGE", "gpt2", "gpt2-large"),
-    ("GPT2_XL", "gpt2", "gpt2-xl"),
-]
+WORD_VOCAB_FILE = "word_vocab.json"
 
 
-def tokenizer_family(model_name: str) -> tuple[str, str | None]:
-    """(family, default HF name) of a model name; family 'clip-bpe' for everything not matched."""
-    for suffix, family, hf_name in TOKENIZER_RULES:
-        if model_name.endswith(suffix):
-            return family, hf_name
-    return "clip-bpe", None
+class WordTokenizer:
+    """Word-level tokenizer: ``[SOT] words [EOT]``, zero padded, EOT = the largest id (the CLIP text tower pools there).
+
+    Lower-cases and splits on whitespace; unknown words map to ``<unk>``. The demo's synthetic world uses it; its
+    words are saved beside the model (``word_vocab.json``) so the demo's models work with every verb.
+    """
+
+    PAD, UNK = 0, 1
+
+    def __init__(self, words: Sequence[str], context_length: int = 16) -> None:
+        self.words = list(words)
+        self.index = {w: i + 2 for i, w in enumerate(self.words)}
+        self.sot = self.bos_token_id = len(self.words) + 2
+        self.eot = self.eos_token_id = self.sot + 1
+        self.pad_token_id = self.PAD
+        self.vocab_size = self.eot + 1
+        self.context_length = context_length
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(w, self.UNK) for w in text.lower().split()]
+
+    def __call__(self, texts: TextInput, context_length: int | None = None) -> torch.Tensor:
+        return pad_rows(texts, context_length or self.context_length,
+                        lambda text, n: [self.sot] + self.encode(text)[: n - 2] + [self.eot])
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        inverse = {i: w for w, i in self.index.items()}
+        return " ".join(inverse.get(int(i), "<unk>") for i in ids if int(i) not in (self.PAD, self.sot, self.eot))
+
+
+Tokenizer = SimpleTokenizer | HFWordPieceTokenizer | HFGPT2Tokenizer | WordTokenizer
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The row's tokenizer, checked
+# --------------------------------------------------------------------------------------------------------------
+
+
+class TokenizerError(ValueError):
+    """The tokenizer found is not the one the model was trained with (or none was found)."""
+
+
+# kind -> (environment variable with a local folder/file, files that folder must hold, HF class)
+TOKENIZER_SOURCES: dict[str, tuple[str, str, str]] = {
+    "clip_bpe": (BPE_ENV_VAR, f"{BPE_FILENAME} (or merges.txt + vocab.json)", ""),
+    "wordpiece": ("LAVILA_BERT_TOKENIZER", "vocab.txt (BERT/DistilBERT uncased WordPiece)", "DistilBertTokenizer"),
+    "gpt2": ("LAVILA_GPT2_TOKENIZER", "vocab.json + merges.txt (GPT-2 BPE)", "GPT2Tokenizer"),
+    "word": ("", WORD_VOCAB_FILE, ""),
+}
+
+
+def _row(spec: Any) -> tuple[Any, Path | None]:
+    """(ModelConfig, folder the tokenizer files may be in) of a row, a registry name or a pretrained folder."""
+    from lavila.models.config import ModelConfig
+    from lavila.models.registry import get_config, row_from_dict
+
+    if isinstance(spec, ModelConfig):
+        return spec, None
+    path = Path(str(spec))
+    if path.is_dir() and (path / "config.json").is_file():
+        meta = json.loads((path / "config.json").read_text())
+        return row_from_dict(meta["model_config"]), path
+    return get_config(str(spec)), None
+
+
+def _hf_from_folder(cls_name: str, folder: Path) -> Any:
+    import transformers
+
+    cls = transformers.PreTrainedTokenizerFast if (folder / "tokenizer.json").is_file() else getattr(
+        transformers, cls_name)
+    return cls.from_pretrained(str(folder))
 
 
 def get_tokenizer(
-    model_name: str,
-    bpe_path: str | os.PathLike | None = None,
-    context_length: int = 77,
+    spec: Any,
+    source: str | os.PathLike | None = None,
     *,
-    pretrained: str | os.PathLike | None = None,
+    context_length: int | None = None,
+    checkpoint: dict[str, Any] | None = None,
     tokenizer: Any = None,
     add_bos: bool = True,
-) -> SimpleTokenizer | HFWordPieceTokenizer | HFGPT2Tokenizer:
-    """The tokenizer the reference's `generate_tokenizer(model_name)` would pick.
+) -> Tokenizer:
+    """The tokenizer of a model row (a :class:`ModelConfig`, a registry name or a ``save_pretrained`` folder).
 
-    `pretrained` overrides the HF name with another name or a local folder, and `tokenizer` passes a ready HF
-    tokenizer object; both matter for offline machines, where the default hub names cannot be downloaded.
+    Files are looked for in ``source`` (``--tokenizer``: a folder or file), then a pretrained folder's own files,
+    then the kind's environment variable, then the row's HF hub name (on a user's machine). ``checkpoint`` reads a
+    tokenizer embedded in one of our checkpoints (``tokenizer_json``); ``tokenizer`` wraps a ready HF object.
+    Whatever is found is checked against the row (vocabulary size, start/end ids): offline, transformers hands out
+    an *empty* tokenizer instead of raising, which would tokenise every word as unknown without an error.
     """
-    family, hf_name = tokenizer_family(model_name)
-    if family == "clip-bpe":
-        if tokenizer is not None or pretrained is not None:
-            raise ValueError(f"{model_name} uses the CLIP BPE tokenizer; pass bpe_path=, not tokenizer=/pretrained=")
-        return SimpleTokenizer(bpe_path, context_length=context_length)
+    cfg, folder = _row(spec)
+    tc = cfg.tokenizer
+    ctx = context_length or cfg.context_length
+    env, files, cls_name = TOKENIZER_SOURCES.get(tc.kind, ("", "", ""))
+    if tc.kind not in TOKENIZER_SOURCES:
+        raise TokenizerError(f"{cfg.name}: unknown tokenizer kind {tc.kind!r} ({', '.join(TOKENIZER_SOURCES)})")
+    src = Path(source).expanduser() if source is not None else folder
+    if src is None and env and os.environ.get(env):
+        src = Path(os.environ[env]).expanduser()
+    where = str(src) if src is not None else (tc.name or "(nowhere)")
+    if src is not None and not src.exists():
+        raise TokenizerError(f"{cfg.name}: tokenizer files not found at {src}; it must hold {files}")
+    try:
+        tok = _build(tc.kind, cls_name, src, tc.name, ctx, checkpoint, tokenizer, add_bos)
+    except TokenizerError:
+        raise
+    except (OSError, ValueError) as err:
+        raise TokenizerError(_missing_message(cfg.name, tc.kind, where, str(err).splitlines()[0])) from err
+    problem = _mismatch(tok, cfg)
+    if problem:
+        raise TokenizerError(_missing_message(cfg.name, tc.kind, where, problem))
+    return tok
+
+
+def _build(kind: str, cls_name: str, src: Path | None, hub_name: str | None, ctx: int,
+           checkpoint: dict[str, Any] | None, tokenizer: Any, add_bos: bool) -> Tokenizer:
+    if kind == "clip_bpe":
+        if tokenizer is not None:
+            raise TokenizerError("the CLIP BPE tokenizer is built from its merges file: pass source=, not tokenizer=")
+        return SimpleTokenizer(src, context_length=ctx)
+    if kind == "word":
+        if src is None or not (src if src.is_file() else src / WORD_VOCAB_FILE).is_file():
+            raise OSError(f"{WORD_VOCAB_FILE} not found")
+        data = json.loads((src if src.is_file() else src / WORD_VOCAB_FILE).read_text())
+        return WordTokenizer(data["words"], context_length=ctx)
+    if tokenizer is None and checkpoint and checkpoint.get("tokenizer_json") and src is None:
+        tokenizer = hf_tokenizer_from_json(checkpoint["tokenizer_json"], checkpoint.get("tokenizer_bos", EOT_TEXT))
+    if tokenizer is None and src is not None and src.suffix == ".json" and src.is_file():
+        tokenizer = hf_tokenizer_from_json(src.read_text())
     if tokenizer is None:
-        cls_name = {"wordpiece-distilbert": "DistilBertTokenizer", "wordpiece-bert": "BertTokenizer"}.get(
-            family, "GPT2Tokenizer"
-        )
-        tokenizer = _load_hf(cls_name, str(pretrained or hf_name))
-    if family == "gpt2":
-        return HFGPT2Tokenizer(tokenizer, context_length=context_length, add_bos=add_bos)
-    return HFWordPieceTokenizer(tokenizer, context_length=context_length)
+        if src is not None:
+            tokenizer = _hf_from_folder(cls_name, src)
+        elif hub_name:
+            import transformers
+
+            tokenizer = getattr(transformers, cls_name).from_pretrained(hub_name)
+        else:
+            raise OSError("no tokenizer files given and the row names no HF tokenizer")
+    if kind == "gpt2":
+        return HFGPT2Tokenizer(tokenizer, context_length=ctx, add_bos=add_bos)
+    return HFWordPieceTokenizer(tokenizer, context_length=ctx)
+
+
+def _vocab_size(tok: Tokenizer) -> int:
+    return tok.vocab_size if isinstance(tok, SimpleTokenizer | WordTokenizer) else len(tok.tokenizer)
+
+
+def _mismatch(tok: Tokenizer, cfg: Any) -> str:
+    """What is wrong with ``tok`` for row ``cfg`` ('' when it fits)."""
+    tc = cfg.tokenizer
+    size = _vocab_size(tok)
+    if tc.vocab_size is not None and size != tc.vocab_size:
+        return f"vocabulary of {size} tokens, the model's has {tc.vocab_size}"
+    got = (getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None))
+    want = (tc.bos_id, tc.eos_id)
+    for label, g, w in (("start", got[0], want[0]), ("end", got[1], want[1])):
+        if w is not None and g != w:
+            return f"{label} id {g}, the model's is {w}"
+    text_vocab = cfg.text.vocab_size
+    if cfg.text.kind != "none" and size > text_vocab:
+        return f"vocabulary of {size} tokens does not fit the text tower's {text_vocab} embeddings"
+    return ""
+
+
+def _missing_message(name: str, kind: str, where: str, problem: str) -> str:
+    env, files, _ = TOKENIZER_SOURCES[kind]
+    how = "pass --tokenizer DIR" + (f" or set {env}=DIR" if env else "")
+    return (f"{name}: the {kind} tokenizer from {where} is not usable ({problem}); it needs {files}: {how} "
+            "(docs/models.md, 'Tokenizers offline')")
+
+
+def hf_tokenizer_from_json(tokenizer_json: str, bos_token: str = EOT_TEXT, eos_token: str | None = None) -> Any:
+    """An HF fast tokenizer from a ``tokenizers`` JSON string (our narrator checkpoints embed their vocabulary)."""
+    from tokenizers import Tokenizer as RawTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=RawTokenizer.from_str(tokenizer_json), bos_token=bos_token,
+                                   eos_token=eos_token or bos_token)
+
+
+def save_tokenizer(tok: Tokenizer, folder: str | os.PathLike) -> list[Path]:
+    """Write the files :func:`get_tokenizer` reads back from ``folder``; each file replaced atomically."""
+    import shutil
+    import tempfile
+
+    from lavila.atomic import atomic_copy, atomic_write_text
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(tok, WordTokenizer):
+        atomic_write_text(folder / WORD_VOCAB_FILE, json.dumps({"words": tok.words}) + "\n")
+        return [folder / WORD_VOCAB_FILE]
+    if isinstance(tok, SimpleTokenizer):
+        src = tok.bpe_path
+        names = [BPE_FILENAME] if src.is_file() or (src / BPE_FILENAME).is_file() else ["merges.txt", "vocab.json"]
+        out = []
+        for name in names:
+            from_path = src if src.is_file() else src / name
+            if from_path.is_file():
+                atomic_copy(from_path, folder / (BPE_FILENAME if src.is_file() else name))
+                out.append(folder / name)
+        return out
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".tokenizer-") as tmp:
+        tok.tokenizer.save_pretrained(tmp)
+        out = []
+        for f in sorted(Path(tmp).iterdir()):
+            atomic_copy(f, folder / f.name)
+            out.append(folder / f.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -27,22 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-OPENAI_MEAN = (108.3272985, 116.7460125, 104.09373615)
-OPENAI_STD = (68.5005327, 66.6321579, 70.32316305)
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-def normalization_for(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) on the 0..255 scale: OpenAI CLIP constants for names containing OPENAI, else ImageNet."""
-    if "OPENAI" in model_name.upper():
-        return OPENAI_MEAN, OPENAI_STD
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
-def crop_size_for(model_name: str) -> int:
-    """336 for `*336PX*` models, else 224 (spec §4)."""
-    return 336 if "336PX" in model_name.upper() else 224
+from lavila.models.config import IMAGENET_MEAN, IMAGENET_STD, OPENAI_MEAN, OPENAI_STD
 
 
 # ------------------------------------------------------------------------------------------------------ functional
@@ -143,6 +128,13 @@ def random_resized_crop_params(
 class ToCTHW(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return to_cthw(frames)
+
+
+class ToFloat(nn.Module):
+    """uint8 -> float32 on the 0..255 scale, so the resize that follows computes the reference's (float) numbers."""
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return video if video.is_floating_point() else video.float()
 
 
 class Resize(nn.Module):
@@ -276,7 +268,7 @@ def eval_transform(
     are then identical] -> Normalize -> TemporalCrop(clip_length, stride clip_length) -> SpatialCrop(num_crops),
     a list of `[3,clip_length,crop,crop]` ordered clip-major (or one `[V,...]` tensor with `stack_views`).
     """
-    steps: list[nn.Module] = [ToCTHW(), Resize(crop, antialias)]
+    steps: list[nn.Module] = [ToCTHW(), *([ToFloat()] if normalize else []), Resize(crop, antialias)]
     if num_clips == 1 and num_crops == 1:
         steps.append(CenterCrop(crop))
         if normalize:
@@ -311,7 +303,8 @@ def train_transform(
     `hflip=True` is the classification fine-tune pipeline. Draws use torch's RNG (seeded per DataLoader worker by
     torch, unlike the reference's numpy jitter) or `generator` when given.
     """
-    steps: list[nn.Module] = [ToCTHW(), RandomResizedCrop(crop, scale, ratio, antialias, generator)]
+    steps: list[nn.Module] = [ToCTHW(), *([ToFloat()] if normalize else []),
+                              RandomResizedCrop(crop, scale, ratio, antialias, generator)]
     if hflip:
         steps.append(RandomHorizontalFlip(0.5, generator))
     if normalize:
@@ -333,11 +326,10 @@ __all__ = [
     "StackViews",
     "TemporalCrop",
     "ToCTHW",
+    "ToFloat",
     "VideoTransform",
     "center_crop",
-    "crop_size_for",
     "eval_transform",
-    "normalization_for",
     "normalize",
     "random_resized_crop_params",
     "resize",

@@ -56,11 +56,10 @@ def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
 
 
 def clip_transform(model: Any):
-    """The reference narrator's eval transform: Resize(crop) -> CenterCrop(crop) -> Normalize (0-255 scale)."""
-    from lavila.models.transforms import eval_transform, normalization_for
+    """The model row's eval transform (Resize -> CenterCrop -> Normalize in float), the one every verb uses."""
+    from lavila.models import model_transforms
 
-    mean, std = normalization_for(model.config.name)
-    return eval_transform(model.config.vision.img_size, mean, std)
+    return model_transforms(model)[1]
 
 
 def narrate_batch(model: Any, tokenizer: Any, video: torch.Tensor, gen: GenerationConfig,
@@ -390,12 +389,13 @@ def narrate_video(path: Path, model: Any, tokenizer: Any, gen: GenerationConfig,
 
 
 def run_videos(args: argparse.Namespace) -> int:
-    from lavila.atomic import atomic_write_text
+    from lavila.atomic import atomic_write_text, remove_stale_temps
 
     device = pick_device(args.device)
     model, tokenizer = _load_model(args, device)
     gen = generation_config_from_args(args)
     out_dir = Path(args.output_dir or ".")
+    remove_stale_temps(out_dir, [f"{Path(v).stem}.{ext}" for v in args.videos for ext in ("json", "srt")])
     failed = 0
     generator = torch.Generator(device=device).manual_seed(args.seed)
     for path in args.videos:

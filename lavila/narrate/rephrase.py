@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from lavila.atomic import remove_stale_temps
 from lavila.narrate.shards import ShardedOutput, batched
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def rephrase_metadata(metadata: str | Path, output: str | Path, settings: Rephra
         raise ValueError(f"{metadata}: row {bad[0]} has a list of texts; the rephraser takes human narrations "
                          f"(one string per row) ({len(bad)} such rows)")
     output = Path(output)
+    remove_stale_temps(output.parent, output.name)  # of a merge a kill interrupted; parts: ShardedOutput.open
     shards = ShardedOutput(output.with_name(output.name + ".parts"), total=len(rows),
                            fingerprint={"metadata": str(Path(metadata).resolve()), "settings": asdict(settings)})
     shards.open(overwrite=overwrite)

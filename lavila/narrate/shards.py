@@ -27,7 +27,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lavila.atomic import atomic_write_text
+from lavila.atomic import atomic_write_text, remove_stale_temps
+from lavila.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class ShardedOutput:
     def open(self, overwrite: bool = False) -> None:
         """Create the folders and ``job.json``, or check that an existing job is the same job."""
         self.parts_dir.mkdir(parents=True, exist_ok=True)
+        # Temporaries of parts and merged files whose writer was killed (only dead writers': ranks start unsynced).
+        remove_stale_temps(self.parts_dir, "part-*.json")
+        remove_stale_temps(self.out_dir)
         job_path = self.out_dir / JOB_FILE
         want = {"total": self.total, "fingerprint": self.fingerprint}
         if job_path.exists():
@@ -78,6 +82,7 @@ class ShardedOutput:
             if have != want and overwrite:
                 self.clear()
         atomic_write_text(job_path, json.dumps(want, indent=1, sort_keys=True))
+        failpoint("shards.job_written", JOB_FILE)
 
     def clear(self) -> None:
         for part in self.part_files():
@@ -137,6 +142,7 @@ class ShardedOutput:
         name = f"part-{every[0]:010d}-{every[-1]:010d}-r{rank:05d}-{uuid.uuid4().hex[:8]}.json"
         path = self.parts_dir / name
         atomic_write_text(path, json.dumps(body, ensure_ascii=False))
+        failpoint("shards.part_written", name)
         return path
 
     # ------------------------------------------------------------------------------------------------------ merge

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from lavila.models.registry import ModelConfig, build_from_config, get_config
+from lavila.models import ModelConfig, build_model, get_config
 
 EOT = "<|endoftext|>"
 
@@ -59,7 +59,8 @@ def tiny_narrator_config(vocab_size: int, *, num_frames: int = 4, img_size: int 
         "VCLM_OPENAI_TIMESFORMER_BASE_GPT2", img_size=img_size, patch_size=patch_size, vision_width=width,
         vision_layers=depth, vision_heads=heads, num_frames=num_frames, text_width=text_width,
         text_layers=text_layers, text_heads=text_heads, text_vocab_size=vocab_size, text_hf_config=hf,
-        text_hf_name=None, num_img_queries=num_queries, pooler_dim_head=text_width // text_heads,
+        text_hf_name=None, tokenizer_name=None, tokenizer_vocab_size=vocab_size, tokenizer_bos_id=vocab_size - 1,
+        tokenizer_eos_id=vocab_size - 1, num_img_queries=num_queries, pooler_dim_head=text_width // text_heads,
         pooler_heads=text_heads, cross_attn_freq=cross_attn_freq,
     )
 
@@ -76,7 +77,7 @@ def create_tiny_narrator(seed: int = 0, texts: Iterable[str] = TINY_NARRATIONS, 
     """(model, hf_tokenizer) of a tiny random narrator whose vocabulary is a BPE trained on ``texts``."""
     hf_tok = build_tiny_tokenizer(texts)
     torch.manual_seed(seed)
-    model = build_from_config(tiny_narrator_config(len(hf_tok), **config))
+    model = build_model(tiny_narrator_config(len(hf_tok), **config))
     randomize_gates(model)
     return model.eval(), hf_tok
 

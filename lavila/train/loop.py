@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lavila import dist
-from lavila.config import TrainConfig
+from lavila.train.config import TrainConfig
 from lavila.train.optim import LRSchedule, clip_gradients, optimizer_state_for_checkpoint, set_lr
 from lavila.train.state import (
     LAST,
@@ -261,7 +261,7 @@ def save_state(path_dir: Path, *, cfg: TrainConfig, model: nn.Module, criterion:
         bare = unwrap(model)
         model_config = getattr(bare, "config", None)
         if model_config is not None:
-            from lavila.models.registry import config_to_dict
+            from lavila.models.config import config_to_dict
 
             model_config = config_to_dict(model_config)
         state = {
@@ -391,6 +391,9 @@ def _train(cfg: TrainConfig, info: dist.DistInfo,
     output_dir = Path(cfg.output_dir)
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        from lavila.atomic import remove_stale_temps  # temporaries of saves a kill interrupted (GBs each)
+
+        remove_stale_temps(output_dir, ("checkpoint*.pt", "metrics.jsonl", "*.png", "*.json"))
         (output_dir / "config.yaml").write_text(cfg.to_yaml())
 
     # --- model, criterion (same initial weights on every rank and in single-process runs) --------------------

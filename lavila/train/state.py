@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from lavila.atomic import atomic_copy, atomic_save
+from lavila.failpoints import failpoint
 
 LAST = "checkpoint.pt"
 BEST = "checkpoint_best.pt"
@@ -200,12 +201,15 @@ def write_checkpoint(state: dict[str, Any], output_dir: str | os.PathLike, *, is
     output_dir = Path(output_dir)
     last = output_dir / LAST
     atomic_save(state, last)
+    failpoint("checkpoint.file_written", LAST)  # a kill here: checkpoint.pt is new, its snapshots are not
     written = [last]
     if is_best:
         atomic_copy(last, output_dir / BEST)
+        failpoint("checkpoint.file_written", BEST)
         written.append(output_dir / BEST)
     if numbered_epoch is not None:
         numbered = output_dir / epoch_checkpoint_name(numbered_epoch)
         atomic_copy(last, numbered)
+        failpoint("checkpoint.file_written", numbered.name)
         written.append(numbered)
     return written

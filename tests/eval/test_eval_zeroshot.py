@@ -13,6 +13,7 @@ from lavila.cli import main as cli_main
 from lavila.data import benchmarks
 from lavila.data.decode import open_video
 from lavila.eval import metrics, zeroshot
+from lavila.eval.cache import read_entry
 from lavila.models.tokenizers import get_tokenizer
 from lavila.models.transforms import OPENAI_MEAN, OPENAI_STD, eval_transform
 
@@ -97,7 +98,7 @@ def test_ek100_cls_zero_shot_class_embedding_is_mean_of_narrations(tmp_path, ek1
 
 
 def _cached_embeds(rec: dict) -> np.ndarray:
-    return np.asarray(torch.load(rec["cache_file"], weights_only=False)["embeds"], dtype=np.float64)
+    return np.asarray(read_entry(rec["cache_file"])[0]["embeds"], dtype=np.float64)
 
 
 def _texts(tiny_checkpoint, bpe_path, texts, normalize=True) -> np.ndarray:
@@ -177,6 +178,6 @@ def test_torchrun_two_ranks_shard_and_gather(tmp_path, ek100, tiny_checkpoint, b
     assert rec["world_size"] == 2 and rec["num_items"] == 5 and rec["num_failed"] == 0
     for k, v in single["metrics"].items():
         assert rec["metrics"][k] == pytest.approx(v, abs=1e-6), k
-    cached = torch.load(rec["cache_file"], weights_only=False)["embeds"]
+    cached = read_entry(rec["cache_file"])[0]["embeds"]
     assert cached.shape[0] == 5 and not np.isnan(cached).any()
     assert not list((tmp_path / "ddp_cache").glob("*partial*"))

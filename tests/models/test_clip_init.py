@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import CLIPConfig, CLIPModel
 
+from lavila.models import create_model
 from lavila.models.clip_init import hf_clip_to_openai, init_from_openai_clip
-from lavila.models.registry import create_model
 
 
 def tiny_hf_clip(tmp_path, projection_dim=16):

@@ -9,13 +9,8 @@ import pytest
 import torch
 
 from lavila.conformance import run_checks
-from lavila.models.checkpoint import (
-    CheckpointMismatchError,
-    load_state_dict_into,
-    manifest_diff,
-    model_from_checkpoint,
-)
-from lavila.models.registry import MODEL_CONFIGS, create_model, get_config
+from lavila.models import MODEL_CONFIGS, create_model, get_config
+from lavila.models.checkpoint import CheckpointMismatchError, load_state_dict_into, manifest_diff
 from tests.conftest import reference_file
 
 TINY = dict(img_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=4, num_frames=4,
@@ -135,7 +130,8 @@ def test_reference_style_checkpoint_builds_the_right_model(tmp_path):
                 "epoch": 3, "best_acc1": 0.0}, path)
     # the tiny sizes are not in the reference args, so pass them as overrides, as a user would for frames
     sizes = {k: v for k, v in TINY.items() if k not in ("embed_dim", "num_frames")}
-    model, ckpt = model_from_checkpoint(path, **sizes, num_frames=8)
+    model = create_model(path, **sizes, num_frames=8)
+    ckpt = model.checkpoint_meta
     assert ckpt["epoch"] == 3 and model.config.vision.num_frames == 8 and model.norm_embed
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lavila.models.registry import MODEL_CONFIGS, build_from_config, get_config
+from lavila.models import MODEL_CONFIGS, build_model, get_config
 from tests.conftest import reference_file
 
 VCLM_NAMES = [name for name, cfg in MODEL_CONFIGS.items() if cfg.kind == "vclm"]
@@ -24,7 +24,7 @@ def test_full_size_vclm_matches_reference_manifest(name: str, manifest: dict) ->
         pytest.skip(f"{name} has no manifest entry")
     entry = manifest[name]
     with torch.device("meta"):
-        model = build_from_config(get_config(name, num_frames=4), freeze_lm=True, freeze_visual=True,
+        model = build_model(get_config(name, num_frames=4), freeze_lm=True, freeze_visual=True,
                                   freeze_visual_temporal=True)
     own = {k: (list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
     ref = {k: (shape, dtype) for k, shape, dtype in entry["state_dict"]}
@@ -49,7 +49,7 @@ def _tiny(freq: int = 1, gated: bool = True, text_layers: int = 2, **build_kwarg
     from lavila.narrate.tiny import tiny_narrator_config
 
     cfg = tiny_narrator_config(50, text_layers=text_layers, cross_attn_freq=freq)
-    return build_from_config(replace(cfg, gated_xattn=gated), **build_kwargs).eval()
+    return build_model(replace(cfg, gated_xattn=gated), **build_kwargs).eval()
 
 
 def test_cross_attention_layers_follow_frequency() -> None:

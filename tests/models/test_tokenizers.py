@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from lavila.conformance.tokenizer import check_tokenizer
+from lavila.models import get_config
 from lavila.models import tokenizers as tk
-from lavila.models.tokenizers import SimpleTokenizer, clean_text, get_tokenizer, tokenizer_family
+from lavila.models.tokenizers import SimpleTokenizer, TokenizerError, clean_text, get_tokenizer
 from tests.conftest import reference_file
 
 SOT, EOT = 49406, 49407
@@ -120,18 +121,25 @@ def test_corrupt_bpe_file_is_named(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "family", "hf_name"),
+    ("name", "kind", "hf_name", "ids"),
     [
-        ("CLIP_OPENAI_TIMESFORMER_BASE", "clip-bpe", None),
-        ("CLIP_OPENAI_TIMESFORMER_LARGE_336PX_DISTILBERT_BASE", "wordpiece-distilbert", "distilbert-base-uncased"),
-        ("CLIP_TIMESFORMER_BERT_BASE", "wordpiece-bert", "bert-base-uncased"),
-        ("VCLM_OPENAI_TIMESFORMER_BASE_GPT2", "gpt2", "gpt2"),
-        ("VCLM_OPENAI_TIMESFORMER_LARGE_336PX_GPT2_XL", "gpt2", "gpt2-xl"),
-        ("VCLM_OPENAI_TIMESFORMER_LARGE_GPT2_MEDIUM", "gpt2", "gpt2-medium"),
+        ("CLIP_OPENAI_TIMESFORMER_BASE", "clip_bpe", None, (49406, 49407)),
+        ("CLIP_OPENAI_TIMESFORMER_LARGE_336PX_DISTILBERT_BASE", "wordpiece", "distilbert-base-uncased", (101, 102)),
+        ("CLIP_HF_EGOVLP_DISTILBERT_BASE", "wordpiece", "distilbert-base-uncased", (101, 102)),
+        ("VCLM_OPENAI_TIMESFORMER_BASE_GPT2", "gpt2", "gpt2", (50256, 50256)),
+        ("VCLM_OPENAI_TIMESFORMER_LARGE_336PX_GPT2_XL", "gpt2", "gpt2", (50256, 50256)),
     ],
 )
-def test_dispatch_by_suffix(name, family, hf_name):
-    assert tokenizer_family(name) == (family, hf_name)
+def test_every_row_names_its_tokenizer(name, kind, hf_name, ids):
+    """The tokenizer is data of the row (the reference chose it by name suffix); GPT-2 sizes share one vocabulary."""
+    tc = get_config(name).tokenizer
+    assert (tc.kind, tc.name, (tc.bos_id, tc.eos_id)) == (kind, hf_name, ids)
+
+
+def _tiny_row(name, vocab_size, bos, eos, context_length):
+    """A registry row whose tokenizer expectations fit the tiny test vocabularies below."""
+    return get_config(name, tokenizer_vocab_size=vocab_size, tokenizer_bos_id=bos, tokenizer_eos_id=eos,
+                      tokenizer_context_length=context_length)
 
 
 @pytest.fixture
@@ -142,7 +150,8 @@ def tiny_wordpiece_dir(tmp_path):
 
 
 def test_distilbert_wrapper(tiny_wordpiece_dir):
-    tok = get_tokenizer("CLIP_OPENAI_TIMESFORMER_BASE_DISTILBERT_BASE", pretrained=tiny_wordpiece_dir, context_length=8)
+    row = _tiny_row("CLIP_OPENAI_TIMESFORMER_BASE_DISTILBERT_BASE", 11, 2, 3, 8)
+    tok = get_tokenizer(row, tiny_wordpiece_dir)
     ids, mask = tok("#C C picks up a knife")
     # [CLS] # c c picks up a knife [SEP] is 9 ids: cut to 8 *after* the specials, so [SEP] is lost
     assert ids.tolist() == [2, 10, 5, 5, 6, 7, 8, 9]
@@ -157,7 +166,8 @@ def test_hf_wrapper_accepts_a_tokenizer_object(tiny_wordpiece_dir):
     from transformers import DistilBertTokenizer
 
     hf = DistilBertTokenizer.from_pretrained(tiny_wordpiece_dir)
-    ids, _ = get_tokenizer("X_DISTILBERT_BASE", tokenizer=hf, context_length=5)("a knife")
+    row = _tiny_row("CLIP_OPENAI_TIMESFORMER_BASE_DISTILBERT_BASE", 11, 2, 3, 5)
+    ids, _ = get_tokenizer(row, tokenizer=hf)("a knife")
     assert ids.tolist() == [2, 8, 9, 3, 0]
 
 
@@ -170,15 +180,36 @@ def tiny_gpt2_dir(tmp_path):
 
 
 def test_gpt2_wrapper(tiny_gpt2_dir):
-    tok = get_tokenizer("VCLM_OPENAI_TIMESFORMER_BASE_GPT2", pretrained=tiny_gpt2_dir, context_length=6)
+    row = _tiny_row("VCLM_OPENAI_TIMESFORMER_BASE_GPT2", 6, 5, 5, 6)
+    tok = get_tokenizer(row, tiny_gpt2_dir)
     # "a b" -> "a", "Ġb" (merged); wrapped as [bos] + ids + [eos], padded with 0 (which is also "!")
     assert tok("a b").tolist() == [5, 1, 4, 5, 0, 0]
     # "a b a b" -> a Ġb Ġ a Ġb (5 ids): only context-2 = 4 survive between bos and eos
     assert tok(["a b a b"]).tolist() == [[5, 1, 4, 3, 1, 5]]
-    no_bos = get_tokenizer("X_GPT2", pretrained=tiny_gpt2_dir, context_length=6, add_bos=False)
+    no_bos = get_tokenizer(row, tiny_gpt2_dir, add_bos=False)
     assert no_bos("a b").tolist() == [1, 4, 5, 0, 0, 0]
 
 
 def test_clip_rejects_hf_arguments(bpe_path):
-    with pytest.raises(ValueError, match="bpe_path"):
+    with pytest.raises(ValueError, match="source="):
         get_tokenizer("CLIP_OPENAI_TIMESFORMER_BASE", bpe_path, tokenizer=object())
+
+
+def test_a_wrong_vocabulary_is_refused_with_the_files_and_the_flag(tiny_wordpiece_dir):
+    """Offline, transformers hands out an empty/unrelated tokenizer: the row's ids catch it, naming the fix."""
+    with pytest.raises(TokenizerError) as err:
+        get_tokenizer("CLIP_OPENAI_TIMESFORMER_BASE_DISTILBERT_BASE", tiny_wordpiece_dir)
+    msg = str(err.value)
+    assert "vocabulary of 11 tokens, the model's has 30522" in msg
+    assert "vocab.txt" in msg and "--tokenizer" in msg and "LAVILA_BERT_TOKENIZER" in msg
+
+
+def test_wrong_special_ids_are_refused(tiny_gpt2_dir):
+    row = _tiny_row("VCLM_OPENAI_TIMESFORMER_BASE_GPT2", 6, 4, 5, 6)  # claims BOS 4; the files say 5
+    with pytest.raises(TokenizerError, match="start id 5, the model's is 4"):
+        get_tokenizer(row, tiny_gpt2_dir)
+
+
+def test_missing_source_folder_is_named(tmp_path):
+    with pytest.raises(TokenizerError, match=str(tmp_path / "nope")):
+        get_tokenizer("VCLM_OPENAI_TIMESFORMER_BASE_GPT2", tmp_path / "nope")

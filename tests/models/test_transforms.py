@@ -6,15 +6,14 @@ import pytest
 import torch
 
 from lavila.conformance.transforms import check_transforms
+from lavila.models import MODEL_CONFIGS, get_config, model_transforms
 from lavila.models.transforms import (
     IMAGENET_MEAN,
     OPENAI_MEAN,
     OPENAI_STD,
     Normalize,
     center_crop,
-    crop_size_for,
     eval_transform,
-    normalization_for,
     random_resized_crop_params,
     resize,
     resized_size,
@@ -53,13 +52,26 @@ def test_uint8_path_normalised_on_device_is_close_to_the_float_path(fixture):
     assert (out - fixture["single_view_antialias_False"]).abs().max() <= 0.5 / min(OPENAI_STD) + 1e-6
 
 
-def test_normalization_constants_and_crop_sizes():
-    mean, std = normalization_for("CLIP_OPENAI_TIMESFORMER_BASE")
+def test_normalization_constants_and_crop_sizes_come_from_the_row():
+    row = get_config("CLIP_OPENAI_TIMESFORMER_BASE")
+    mean, std = row.preprocess.mean, row.preprocess.std
     assert mean[0] == pytest.approx(0.48145466 * 225)  # the red channel was scaled by 225, not 255
     assert mean[1] == pytest.approx(0.4578275 * 255) and std[2] == pytest.approx(0.27577711 * 255)
-    assert normalization_for("CLIP_HF_TIMESFORMER_DISTILBERT_BASE")[0] == IMAGENET_MEAN
-    assert crop_size_for("CLIP_OPENAI_TIMESFORMER_LARGE_336PX_DISTILBERT_BASE") == 336
-    assert crop_size_for("CLIP_OPENAI_TIMESFORMER_BASE") == 224
+    assert get_config("CLIP_HF_TIMESFORMER_DISTILBERT_BASE").preprocess.mean == IMAGENET_MEAN
+    assert get_config("CLIP_OPENAI_TIMESFORMER_LARGE_336PX_DISTILBERT_BASE").vision.img_size == 336
+    assert row.vision.img_size == 224
+    # every OpenAI-initialised row normalises with CLIP's statistics, the others with ImageNet's
+    for name, cfg in MODEL_CONFIGS.items():
+        assert cfg.preprocess.mean == (OPENAI_MEAN if cfg.pretrained_vision else IMAGENET_MEAN), name
+
+
+def test_model_transforms_resize_uint8_frames_in_float(fixture):
+    """The row's eval transform gives the float-path numbers also for uint8 frames (no rounding after resize)."""
+    f = fixture["frames_THWC_0_255"].round().to(torch.uint8)
+    row = get_config("CLIP_OPENAI_TIMESFORMER_BASE", img_size=fixture["crop_size"])
+    _, ev = model_transforms(row)
+    expected = eval_transform(fixture["crop_size"], row.preprocess.mean, row.preprocess.std)(f.float())
+    assert torch.equal(ev(f), expected)
 
 
 def test_resize_rule_and_crop_offsets_hand_derived():

@@ -56,13 +56,13 @@ def test_train_two_steps_then_narrate_with_the_checkpoint(tmp_path, media_dir) -
 
 
 def test_resume_from_a_dual_encoder_loads_only_its_visual_tower(tmp_path, media_dir) -> None:
-    from lavila.models.registry import build_from_config
+    from lavila.models import build_model
     from lavila.train.loop import train
 
     cfg = _config(tmp_path, media_dir)
     # a stage-1 dual-encoder checkpoint: DDP prefix, a visual tower, text keys the narrator lacks, and training state
     torch.manual_seed(123)
-    donor = build_from_config(NarratorTask(cfg).model_config())
+    donor = build_model(NarratorTask(cfg).model_config())
     sd = {f"module.{k}": v for k, v in donor.state_dict().items() if k.startswith("visual.")}
     sd.update({"module.image_projection": torch.randn(32, 8), "module.logit_scale": torch.tensor(2.0)})
     stage1 = tmp_path / "dual_encoder.pt"

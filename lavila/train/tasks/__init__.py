@@ -5,7 +5,7 @@ dict of losses. The loop owns everything else: devices, DDP/ZeRO/FSDP, AMP, accu
 schedule, checkpoints, resume, signals, logging. The protocol, in calling order:
 
 ===========================================  ====================================================================
-``Options``  (class attribute)               dataclass of the task's own config keys (``lavila.config.option``)
+``Config``  (class attribute)                the task's config: a subclass of ``TrainConfig`` with its own keys
 ``build_model() -> nn.Module``               on CPU; the loop moves, wraps and (re)loads it
 ``build_criterion() -> nn.Module``           may own parameters (they are optimised, never decayed)
 ``build_train_dataset() -> Dataset``         map-style; items are whatever ``collate`` understands
@@ -21,50 +21,81 @@ schedule, checkpoints, resume, signals, logging. The protocol, in calling order:
 ``fsdp_units(model) -> list[nn.Module]``     blocks to shard with FSDP2 (default: every ModuleList element)
 ===========================================  ====================================================================
 
-Tasks are found by name in :data:`TASKS` (``"module:Class"`` strings, imported lazily), or given directly as
-``task: my.module:MyTask`` in a config file. The dual-encoder (CLIP-style) pre-training task lives here.
+Tasks are found by name in :data:`TASKS` (name -> class, or a zero-argument function returning the class so that
+a task's imports are paid only when it is used), or given directly as ``task: my.module:MyTask`` in a config file.
+A task's keys are its ``Config`` class: ``lavila train`` picks the task first (``task:``/``--task``, else the model's
+kind), then that class parses the recipe and the flags.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from lavila.config import NoOptions, TrainConfig
+from lavila.train.config import TrainConfig
 from lavila.train.optim import build_optimizer, reference_param_groups
 
-# name -> "module:Class". Other packages add their tasks here (or use `task: module:Class` in a config).
-TASKS: dict[str, str] = {
-    "dual_encoder": "lavila.train.tasks.dual_encoder:DualEncoderTask",
-    "narrator": "lavila.train.tasks.narrator:NarratorTask",
-    "finetune_retrieval": "lavila.train.tasks.finetune:RetrievalFinetuneTask",
-    "finetune_classification": "lavila.train.tasks.finetune:ClassificationFinetuneTask",
+
+def _dual_encoder() -> type[Task]:
+    from lavila.train.tasks.dual_encoder import DualEncoderTask
+
+    return DualEncoderTask
+
+
+def _narrator() -> type[Task]:
+    from lavila.train.tasks.narrator import NarratorTask
+
+    return NarratorTask
+
+
+def _finetune_retrieval() -> type[Task]:
+    from lavila.train.tasks.finetune import RetrievalFinetuneTask
+
+    return RetrievalFinetuneTask
+
+
+def _finetune_classification() -> type[Task]:
+    from lavila.train.tasks.finetune import ClassificationFinetuneTask
+
+    return ClassificationFinetuneTask
+
+
+# name -> task class (or a function returning it, imported on first use). Other packages add theirs with
+# register_task, or name them as `task: module:Class` in a config.
+TASKS: dict[str, type[Task] | Callable[[], type[Task]]] = {
+    "dual_encoder": _dual_encoder,
+    "narrator": _narrator,
+    "finetune_retrieval": _finetune_retrieval,
+    "finetune_classification": _finetune_classification,
 }
 
 
 def get_task_class(name: str) -> type[Task]:
     """Resolve a task name (or ``module:Class``) to its class without building anything."""
-    target = TASKS.get(name, name if ":" in name else None)
-    if target is None:
+    entry = TASKS.get(name)
+    if entry is not None:
+        return entry if isinstance(entry, type) else entry()
+    if ":" not in name:
         raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))} (or give module:Class)")
-    module_name, cls_name = target.split(":", 1)
+    module_name, cls_name = name.split(":", 1)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise KeyError(f"task {name!r}: cannot import {module_name} ({err})") from err
     cls = getattr(module, cls_name, None)
-    if cls is None:
-        raise KeyError(f"task {name!r}: {module_name} has no {cls_name}")
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise KeyError(f"task {name!r}: {module_name} has no task class {cls_name}")
     return cls
 
 
-def register_task(name: str, target: str | type[Task]) -> None:
-    """Register a task under `name` (a ``module:Class`` string or the class itself)."""
-    TASKS[name] = target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}"
+def register_task(name: str, target: type[Task] | Callable[[], type[Task]]) -> None:
+    """Register a task class (or a function returning it) under `name`."""
+    TASKS[name] = target
 
 
 def make_task(cfg: TrainConfig) -> Task:
@@ -74,12 +105,12 @@ def make_task(cfg: TrainConfig) -> Task:
 class Task:
     """Base class with the defaults of the protocol above; subclasses implement the four ``build_*``/loss methods."""
 
-    Options: ClassVar[type] = NoOptions
+    Config: ClassVar[type[TrainConfig]] = TrainConfig
     epoch: int = 0  # finished epochs, set by the loop before each evaluate()
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.opts = cfg.task_cfg if cfg.task_cfg is not None else self.Options()
+        self.opts = cfg  # the task's own keys are fields of its Config subclass (kept as `opts` for readability)
 
     # --- required ---------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

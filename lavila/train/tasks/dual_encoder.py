@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, default_collate
 
-from lavila.config import ConfigError, TrainConfig, option
+from lavila.config import ConfigError, Where, option
+from lavila.train.config import TrainConfig
 from lavila.train.optim import clamp_logit_scale
 from lavila.train.tasks import Task
 
@@ -21,7 +22,9 @@ from lavila.train.tasks import Task
 
 
 @dataclass
-class DualEncoderOptions:
+class DualEncoderConfig(TrainConfig):
+    """``lavila train`` keys of dual-encoder pre-training (the baseline and LaViLa recipes), on top of TrainConfig."""
+
     norm_embed: bool = option(False, "L2-normalise both embeddings inside the model (every released model)")
     freeze_temperature: bool = option(False, "keep logit_scale fixed at log(1/temperature_init)")
     temperature_init: float = option(0.07, "initial temperature", positive=True)
@@ -34,7 +37,9 @@ class DualEncoderOptions:
     use_cls_token: bool = option(False, "recorded in args for loaders (the reference flag); DistilBERT towers "
                                  "always pool at CLS, CLIP text towers at EOT")
     drop_path_rate: float = option(0.0, "stochastic depth in the video tower", min=0)
-    pretrained: bool = option(True, "initialise both towers from OpenAI CLIP as the reference does")
+    pretrained: bool = option(True, "initialise the towers as the reference does: OpenAI CLIP (visual, CLIP text) "
+                              "and pretrained DistilBERT")
+    tokenizer: str = option("", "tokenizer files (a folder or file) when the row's cannot be found offline")
     clip_weights: str = option("", "OpenAI CLIP weights (.pt file, HF folder or hub name); default by model")
     ssl_faithful: bool = option(True, "SSL loss: bool GT indicators (human/human pairs use the mixed scale, "
                                 "as the reference did); false = intended 3-way temperature rule")
@@ -55,20 +60,21 @@ class DualEncoderOptions:
     # embedded synthetic data (dataset: synthetic)
     synthetic_train_size: int = option(2048, "synthetic: training clips", positive=True)
     synthetic_eval_groups: int = option(4, "synthetic: held-out groups of 24 clips for retrieval eval", min=0)
-    synthetic_text: str = option("human", "synthetic: text source of the main set",
-                                 choices=("human", "rephraser", "narrator"))
+    synthetic_text: Literal["human", "rephraser", "narrator"] = option(
+        "human", "synthetic: text source of the main set")
     synthetic_distractor_prob: float = option(0.5, "synthetic: probability of a static distractor object", min=0)
 
-    def validate(self, cfg: TrainConfig, where: Any) -> None:
-        if cfg.dataset not in ("ego4d", "synthetic"):
+    def validate(self, where: Where) -> None:
+        super().validate(where)
+        if self.dataset not in ("ego4d", "synthetic"):
             raise ConfigError(f"{where('dataset')}: the dual_encoder task reads 'ego4d' or 'synthetic', "
-                              f"got {cfg.dataset!r}")
-        if cfg.dataset == "ego4d" and "train" not in cfg.metadata:
+                              f"got {self.dataset!r}")
+        if self.dataset == "ego4d" and "train" not in self.metadata:
             raise ConfigError(f"{where('metadata')}: must contain 'train' (the validation file is found by "
-                              f"replacing it with 'val'), got {cfg.metadata!r}")
+                              f"replacing it with 'val'), got {self.metadata!r}")
         if self.eval_ek100_mir_metadata:
-            self._validate_ek100_mir(cfg, where)
-        if cfg.dataset == "synthetic":
+            self._validate_ek100_mir(where)
+        if self.dataset == "synthetic":
             for src in self.metadata_aux or []:
                 if src not in ("human", "rephraser", "narrator"):
                     raise ConfigError(f"{where('metadata_aux')}: with dataset synthetic each entry names a text "
@@ -83,10 +89,10 @@ class DualEncoderOptions:
         return (Path(self.eval_ek100_mir_sentences or ek100_sentence_path(csv)),
                 Path(self.eval_ek100_mir_relevancy or ek100_relevancy_path(csv)))
 
-    def _validate_ek100_mir(self, cfg: TrainConfig, where: Any) -> None:
+    def _validate_ek100_mir(self, where: Where) -> None:
         """Missing EK-100 files must stop the run now, not after the first epoch of training."""
         key = "eval_ek100_mir_metadata"
-        if cfg.dataset == "synthetic":
+        if self.dataset == "synthetic":
             raise ConfigError(f"{where(key)}: the synthetic set's word tokenizer cannot read EK-100 narrations; "
                               "set it only with dataset ego4d (or to '' to turn the evaluation off)")
         if not Path(self.eval_ek100_mir_metadata).is_file():
@@ -136,8 +142,8 @@ class DualEncoderTask(Task):
     concatenated and shuffled together, and the loss becomes SSLCLIPLoss with its own pseudo temperature.
     """
 
-    Options = DualEncoderOptions
-    opts: DualEncoderOptions
+    Config = DualEncoderConfig
+    opts: DualEncoderConfig
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__(cfg)
@@ -147,16 +153,16 @@ class DualEncoderTask(Task):
     # --- text ---------------------------------------------------------------------------------------------------
     @property
     def tokenizer(self) -> Any:
+        """The row's tokenizer (checked against it), or the synthetic world's word vocabulary."""
         if self._tokenizer is None:
             if self.cfg.dataset == "synthetic":
-                from lavila.data.synthetic import WordTokenizer
+                from lavila.data.synthetic import synthetic_tokenizer
 
-                ctx = self.cfg.model_overrides.get("text_context_length", 16)
-                self._tokenizer = WordTokenizer(context_length=ctx)
+                self._tokenizer = synthetic_tokenizer(self.cfg.model_overrides.get("text_context_length", 16))
             else:
-                from lavila.models.tokenizers import get_tokenizer
+                from lavila.models import get_tokenizer
 
-                self._tokenizer = get_tokenizer(self.cfg.model)
+                self._tokenizer = get_tokenizer(self.model_config(), self.opts.tokenizer or None)
         return self._tokenizer
 
     # --- model --------------------------------------------------------------------------------------------------
@@ -169,18 +175,26 @@ class DualEncoderTask(Task):
             "drop_path_rate": self.opts.drop_path_rate,
         }
         if self.cfg.dataset == "synthetic":
-            kw.update(text_vocab_size=self.tokenizer.vocab_size, text_context_length=self.tokenizer.context_length)
+            tok = self.tokenizer
+            kw.update(text_vocab_size=tok.vocab_size, text_context_length=tok.context_length, tokenizer_kind="word",
+                      tokenizer_name=None, tokenizer_vocab_size=None, tokenizer_bos_id=tok.bos_token_id,
+                      tokenizer_eos_id=tok.eos_token_id, tokenizer_context_length=None)
         kw.update(self.cfg.model_overrides)
         return kw
 
+    def model_config(self) -> Any:
+        from lavila.models import get_config
+
+        return get_config(self.cfg.model, **self.model_overrides())
+
     def build_model(self) -> nn.Module:
-        from lavila.models.registry import create_model
+        """The factory's model; with ``pretrained`` every pretrained tower (CLIP, DistilBERT) comes from it too."""
+        from lavila.models import create_model
 
-        model = create_model(self.cfg.model, **self.model_overrides())
-        if self.opts.pretrained:
-            from lavila.models.clip_init import init_from_openai_clip
-
-            report = init_from_openai_clip(model, self.opts.clip_weights or None)
+        pretrained = (self.opts.clip_weights or True) if self.opts.pretrained else False
+        model = create_model(self.cfg.model, pretrained=pretrained, **self.model_overrides())
+        report = getattr(model, "init_report", None)
+        if report:
             print(f"initialised from OpenAI CLIP ({report['source']}); projections: {report['projections']}")
         if self.cfg.use_checkpoint:
             model.set_grad_checkpointing(True)
@@ -200,22 +214,16 @@ class DualEncoderTask(Task):
     def _synthetic(self, split: str, size: int, text_source: str, seed_offset: int = 0) -> Dataset:
         from lavila.data.synthetic import SyntheticEgoClips
 
-        vision = self._vision_config()
-        return SyntheticEgoClips(split, size, num_frames=self.cfg.clip_length, img_size=vision.img_size,
+        row = self.model_config()
+        return SyntheticEgoClips(split, size, num_frames=self.cfg.clip_length, img_size=row.vision.img_size,
                                  text_source=text_source, seed=self.cfg.seed + seed_offset, tokenizer=self.tokenizer,
-                                 model_name=self.cfg.model, distractor_prob=self.opts.synthetic_distractor_prob)
-
-    def _vision_config(self) -> Any:
-        from lavila.models.registry import get_config
-
-        return get_config(self.cfg.model, **self.model_overrides()).vision
+                                 preprocess=row.preprocess, distractor_prob=self.opts.synthetic_distractor_prob)
 
     def _ego4d_kwargs(self, is_training: bool) -> dict[str, Any]:
-        from lavila.models.transforms import eval_transform, normalization_for, train_transform
+        from lavila.models import model_transforms
 
-        crop = self._vision_config().img_size
-        mean, std = normalization_for(self.cfg.model)
-        transform = train_transform(crop, mean, std) if is_training else eval_transform(crop, mean, std)
+        train, evaluation = model_transforms(self.model_config())
+        transform = train if is_training else evaluation
         return {"transform": transform, "tokenizer": self.tokenizer, "clip_length": self.cfg.clip_length,
                 "is_training": is_training, "chunk_len": self.opts.video_chunk_len, "fps": self.opts.video_fps,
                 "seed": self.cfg.seed}
@@ -278,10 +286,10 @@ class DualEncoderTask(Task):
             return None
         from lavila.data.synthetic import heldout_groups
 
-        vision = self._vision_config()
+        row = self.model_config()
         data = heldout_groups(self.opts.synthetic_eval_groups, seed=self.cfg.seed + 1000,
-                              num_frames=self.cfg.clip_length, img_size=vision.img_size, tokenizer=self.tokenizer,
-                              model_name=self.cfg.model, distractor_prob=self.opts.synthetic_distractor_prob)
+                              num_frames=self.cfg.clip_length, img_size=row.vision.img_size, tokenizer=self.tokenizer,
+                              preprocess=row.preprocess, distractor_prob=self.opts.synthetic_distractor_prob)
         return grouped_retrieval(model, data, group_size=len(_heldout()), device=device)
 
     def evaluate_ek100_mir(self, model: nn.Module, device: torch.device) -> dict[str, float]:

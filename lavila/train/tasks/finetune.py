@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lavila.config import ConfigError, TrainConfig, option
+from lavila.config import ConfigError, Where, option
 from lavila.data import benchmarks as B
 from lavila.data.robust import ResilientDataset
 from lavila.eval import metrics
@@ -43,7 +43,8 @@ from lavila.eval.zeroshot import (
     score_finetuned_ek100,
     softmax,
 )
-from lavila.models.transforms import eval_transform, normalization_for, train_transform
+from lavila.models.transforms import eval_transform, train_transform
+from lavila.train.config import TrainConfig
 from lavila.train.optim import build_optimizer, clamp_logit_scale, is_no_decay
 from lavila.train.tasks import Task
 
@@ -52,7 +53,9 @@ CLASSIFICATION_DATASETS = ("ek100_cls", "egtea")
 
 
 @dataclass
-class FinetuneOptions:
+class FinetuneConfig(TrainConfig):
+    """``lavila train`` keys of both fine-tuning tasks (retrieval and classification), on top of TrainConfig."""
+
     pretrain_model: str = option("", "dual-encoder checkpoint to fine-tune (the reference's --pretrain-model)")
     pretrain_model_name: str = option("", "registry name when the checkpoint does not record its model")
     metadata_val: str = option("", "evaluation annotations: EPIC_100_retrieval_test.csv, EPIC_100_validation.csv, "
@@ -73,15 +76,17 @@ class FinetuneOptions:
     eval_every: int = option(5, "evaluate the benchmark every N epochs (and after the last)", positive=True)
     eval_clip_stride: int | None = option(None, "dense eval stride (default: clip_stride)")
     eval_num_clips: int = option(1, "temporal views at evaluation (EGTEA recipe: 10)", positive=True)
-    eval_num_crops: int = option(1, "spatial views at evaluation (EGTEA recipe: 3)", choices=(1, 3, 6))
+    eval_num_crops: Literal[1, 3, 6] = option(1, "spatial views at evaluation (EGTEA recipe: 3)")
     eval_batch_size: int = option(16, "clips per evaluation batch", positive=True)
     eval_limit: int | None = option(None, "evaluate only the first N items (smoke tests)", positive=True)
     bpe_path: str = option("", "CLIP BPE vocabulary file (default: the tokenizer's search path)")
 
-    def validate(self, cfg: TrainConfig, where: Any) -> None:
+    def validate(self, where: Where) -> None:
+        super().validate(where)
         allowed = RETRIEVAL_DATASETS + CLASSIFICATION_DATASETS
-        if cfg.dataset not in allowed:
-            raise ConfigError(f"{where('dataset')}: fine-tuning reads one of {', '.join(allowed)}, got {cfg.dataset!r}")
+        if self.dataset not in allowed:
+            raise ConfigError(f"{where('dataset')}: fine-tuning reads one of {', '.join(allowed)}, "
+                              f"got {self.dataset!r}")
         if self.use_vn_classifier and len(self.num_classes) != 3:
             raise ConfigError(f"{where('num_classes')}: use_vn_classifier needs 3 head sizes (97 300 3806)")
 
@@ -91,32 +96,25 @@ class FinetuneOptions:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_pretrained_dual_encoder(cfg: TrainConfig, opts: FinetuneOptions) -> nn.Module:
+def load_pretrained_dual_encoder(cfg: TrainConfig, opts: FinetuneConfig) -> nn.Module:
     """The starting dual encoder, rebuilt for ``clip_length`` frames and drop-path, weights loaded strictly.
 
     Without ``pretrain_model`` the model is built from ``cfg.model`` (+ ``model_overrides``) with random weights.
     """
-    from lavila.models.checkpoint import config_from_checkpoint, load_checkpoint, load_state_dict_into
-    from lavila.models.registry import build_from_config, get_config
+    from lavila.models import create_model
 
     overrides = {"num_frames": cfg.clip_length, "drop_path_rate": opts.drop_path_rate}
     if not opts.pretrain_model:
-        return build_from_config(get_config(cfg.model, **{**cfg.model_overrides, **overrides}))
-    ckpt = load_checkpoint(opts.pretrain_model)
-    if opts.pretrain_model_name:
-        model_cfg = get_config(opts.pretrain_model_name, **overrides)
-    else:
-        model_cfg = config_from_checkpoint(ckpt, **overrides)
-    model = build_from_config(model_cfg)
-    load_state_dict_into(model, ckpt["state_dict"], strict=True)
-    print(f"=> fine-tuning {model_cfg.name} from {opts.pretrain_model} ({cfg.clip_length} frames)")
+        return create_model(cfg.model, **{**cfg.model_overrides, **overrides})
+    model = create_model(opts.pretrain_model, arch=opts.pretrain_model_name or None, kind="dual_encoder",
+                         trust_checkpoint=cfg.trust_checkpoint, **overrides)
+    print(f"=> fine-tuning {model.config.name} from {opts.pretrain_model} ({cfg.clip_length} frames)")
     return model
 
 
 def _crop_and_norm(model: nn.Module) -> tuple[int, tuple, tuple]:
     cfg = model.config
-    mean, std = normalization_for(cfg.name)
-    return cfg.vision.img_size, mean, std
+    return cfg.vision.img_size, cfg.preprocess.mean, cfg.preprocess.std
 
 
 def _sibling(path: str, given: str, name: str) -> Path:
@@ -162,8 +160,8 @@ class EveryN:
 class FinetuneTask(Task):
     """What both fine-tuning tasks share: the benchmark evaluation every ``eval_every`` epochs, in eval mode."""
 
-    Options = FinetuneOptions
-    opts: FinetuneOptions
+    Config = FinetuneConfig
+    opts: FinetuneConfig
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__(cfg)
@@ -194,11 +192,10 @@ class RetrievalFinetuneTask(FinetuneTask):
 
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from lavila.models.tokenizers import get_tokenizer
+            from lavila.models import get_tokenizer
 
-            name = self._model_cfg.name if self._model_cfg is not None else self.cfg.model
-            ctx = self._model_cfg.text.context_length if self._model_cfg is not None else 77
-            self._tokenizer = get_tokenizer(name, bpe_path=self.opts.bpe_path or None, context_length=ctx)
+            row = self._model_cfg if self._model_cfg is not None else self.cfg.model
+            self._tokenizer = get_tokenizer(row, self.opts.bpe_path or None)
         return self._tokenizer
 
     def build_model(self) -> nn.Module:
@@ -223,7 +220,7 @@ class RetrievalFinetuneTask(FinetuneTask):
     def build_train_dataset(self) -> Dataset:
         self._ensure_model_cfg()
         crop = self._model_cfg.vision.img_size
-        mean, std = normalization_for(self._model_cfg.name)
+        mean, std = self._model_cfg.preprocess.mean, self._model_cfg.preprocess.std
         transform = train_transform(crop, mean, std)
         sampling = B.SegmentSampling(self.cfg.clip_length)
         tok = self.tokenizer()
@@ -389,8 +386,8 @@ class ClassificationFinetuneTask(FinetuneTask):
     def _crop_norm(self) -> tuple[int, tuple, tuple]:
         if self._model_cfg is None:
             self._model_cfg = load_pretrained_dual_encoder(self.cfg, self.opts).config
-        mean, std = normalization_for(self._model_cfg.name)
-        return self._model_cfg.vision.img_size, mean, std
+        p = self._model_cfg.preprocess
+        return self._model_cfg.vision.img_size, p.mean, p.std
 
     def _split(self, metadata: str) -> tuple[B.ClassificationSet, Any]:
         if self.cfg.dataset == "ek100_cls":
@@ -453,7 +450,7 @@ class ClassificationFinetuneTask(FinetuneTask):
 __all__ = [
     "ClassificationFinetuneTask",
     "ClassificationLoss",
-    "FinetuneOptions",
+    "FinetuneConfig",
     "RetrievalFinetuneTask",
     "load_pretrained_dual_encoder",
 ]

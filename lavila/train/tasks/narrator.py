@@ -21,12 +21,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from lavila.config import ConfigError, TrainConfig, option
+from lavila.config import ConfigError, Where, option
+from lavila.train.config import TrainConfig
 from lavila.train.tasks import Task
 
 
 @dataclass
-class NarratorOptions:
+class NarratorConfig(TrainConfig):
+    """``lavila train`` keys of narrator (VCLM) training, on top of TrainConfig."""
+
     gated_xattn: bool = option(True, "tanh-gated cross-attention (on for every released narrator)")
     freeze_lm_vclm: bool = option(True, "freeze GPT-2 except the cross-attention parts")
     freeze_visual_vclm: bool = option(True, "freeze the spatial part of the video tower")
@@ -39,10 +42,11 @@ class NarratorOptions:
     video_fps: float = option(30, "frame rate of the chunks; -1 = read from each file")
     max_decode_failures: float = option(0.05, "abort if more than this fraction of clips fail to decode", min=0)
 
-    def validate(self, cfg: TrainConfig, where: Any) -> None:
-        if cfg.dataset != "ego4d":
+    def validate(self, where: Where) -> None:
+        super().validate(where)
+        if self.dataset != "ego4d":
             raise ConfigError(f"{where('dataset')}: the narrator task reads 'ego4d'-style metadata + videos, "
-                              f"got {cfg.dataset!r}")
+                              f"got {self.dataset!r}")
 
 
 def is_narrator_state_dict(state_dict: dict[str, Any]) -> bool:
@@ -50,8 +54,8 @@ def is_narrator_state_dict(state_dict: dict[str, Any]) -> bool:
 
 
 class NarratorTask(Task):
-    Options = NarratorOptions
-    opts: NarratorOptions
+    Config = NarratorConfig
+    opts: NarratorConfig
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__(cfg)
@@ -72,16 +76,11 @@ class NarratorTask(Task):
     # --- text ---------------------------------------------------------------------------------------------------
     @property
     def tokenizer(self) -> Any:
+        """The row's GPT-2 tokenizer (``tokenizer``: a folder, or a tokenizers ``.json`` for custom vocabularies)."""
         if self._tokenizer is None:
-            from lavila.models.tokenizers import HFGPT2Tokenizer, get_tokenizer
+            from lavila.models import get_tokenizer
 
-            src = self.opts.tokenizer
-            if src.endswith(".json"):
-                from lavila.narrate.loading import hf_tokenizer_from_json
-
-                self._tokenizer = HFGPT2Tokenizer(hf_tokenizer_from_json(Path(src).read_text()))
-            else:
-                self._tokenizer = get_tokenizer(self.cfg.model, pretrained=src or None)
+            self._tokenizer = get_tokenizer(self.model_config(), self.opts.tokenizer or None)
         return self._tokenizer
 
     # --- model --------------------------------------------------------------------------------------------------
@@ -89,23 +88,22 @@ class NarratorTask(Task):
         from lavila.models.registry import get_config
 
         kw: dict[str, Any] = {"num_frames": self.cfg.clip_length, "gated_xattn": self.opts.gated_xattn}
+        if self.opts.gpt2_weights:
+            kw["text_hf_name"] = self.opts.gpt2_weights
         kw.update(self.cfg.model_overrides)
         return get_config(self.cfg.model, **kw)
 
     def build_model(self) -> nn.Module:
-        from dataclasses import replace
-
-        from lavila.models.registry import build_from_config
+        """The factory's VCLM with the recipe's freezing; GPT-2 weights are the pretrained ones unless asked not."""
+        from lavila.models import build_model
 
         cfg = self.model_config()
-        if self.opts.gpt2_weights:
-            cfg = replace(cfg, text=replace(cfg.text, hf_name=self.opts.gpt2_weights))
         if cfg.kind != "vclm":
             raise ConfigError(f"key 'model': the narrator task trains VCLM models, {cfg.name} is a {cfg.kind}")
-        return build_from_config(
-            cfg, freeze_lm=self.opts.freeze_lm_vclm, freeze_visual=self.opts.freeze_visual_vclm,
-            freeze_visual_temporal=self.opts.freeze_visual_vclm_temporal,
-            pretrained=not self.opts.random_init_gpt2, use_checkpoint=self.cfg.use_checkpoint,
+        return build_model(
+            cfg, pretrained=not self.opts.random_init_gpt2, freeze_lm=self.opts.freeze_lm_vclm,
+            freeze_visual=self.opts.freeze_visual_vclm, freeze_visual_temporal=self.opts.freeze_visual_vclm_temporal,
+            use_checkpoint=self.cfg.use_checkpoint,
         )
 
     def build_criterion(self) -> nn.Module:
@@ -135,12 +133,10 @@ class NarratorTask(Task):
     def _dataset(self, metadata: str, is_training: bool) -> Dataset:
         from lavila.data.datasets import Ego4DClipDataset
         from lavila.data.robust import DecodeFailures, ResilientDataset
-        from lavila.models.transforms import eval_transform, normalization_for, train_transform
+        from lavila.models import model_transforms
 
-        vision = self.model_config().vision
-        mean, std = normalization_for(self.cfg.model)
-        transform = (train_transform(vision.img_size, mean, std) if is_training
-                     else eval_transform(vision.img_size, mean, std))
+        train, evaluation = model_transforms(self.model_config())
+        transform = train if is_training else evaluation
         data = Ego4DClipDataset(self.cfg.root, metadata, transform=transform, tokenizer=self.tokenizer,
                                 clip_length=self.cfg.clip_length, is_training=is_training,
                                 chunk_len=self.opts.video_chunk_len, fps=self.opts.video_fps, seed=self.cfg.seed)

@@ -1,0 +1,27 @@
+"""Expected failures: errors a user can fix, reported by ``lavila`` as one line instead of a traceback.
+
+Every verb raises a :class:`LavilaError` (or a subclass) for a problem that is the user's input, data or
+environment rather than a bug: a missing file, a bad flag, a checkpoint of the wrong kind. ``lavila.cli.main``
+prints ``lavila VERB: error: <message>`` and exits with :attr:`LavilaError.exit_code`; anything else is a bug and
+keeps its traceback. ``--debug`` (or ``LAVILA_DEBUG=1``) shows the traceback of expected failures too.
+
+Both classes also derive from :class:`ValueError` so that library callers that already catch ``ValueError`` for
+bad input keep working.
+"""
+
+from __future__ import annotations
+
+
+class LavilaError(ValueError):
+    """A failure the user can act on; the message says what and, where useful, how to fix it."""
+
+    exit_code: int = 1
+
+
+class ConfigError(LavilaError):
+    """A usage or configuration problem; the message names the offending key or flag and where it came from."""
+
+    exit_code = 2
+
+
+__all__ = ["ConfigError", "LavilaError"]

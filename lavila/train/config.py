@@ -1,0 +1,220 @@
+"""Training configuration: :class:`TrainConfig` (what every training job shares) and how a recipe becomes one.
+
+A recipe is one flat YAML mapping whose keys are the reference's flag names with ``_`` for ``-``
+(``batch_size: 32``, ``metadata_aux: [a.pkl, b.pkl]``). Which dataclass reads it depends on the *task*
+(``lavila.train.tasks``): each task owns a subclass of :class:`TrainConfig` with its own keys (the dual encoder's
+``norm_embed``/``metadata_aux``, the narrator's ``freeze_lm_vclm``, ...). The task comes from ``task:`` (file or
+``--task``), else from the kind of ``model`` (dual encoder or narrator). Command-line flags then override the file
+through :func:`lavila.config.parse` (reference spellings, one-line errors naming key and source).
+
+Launching is one explicit rule, the same from the file and from flags: ``launcher: submitit`` (``--launcher
+submitit``, or ``--submit``) submits the job to SLURM through submitit with the ``nodes``/``ngpus``/... keys;
+anything else runs in this process (under ``torchrun`` for DDP). SLURM keys alone never submit.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lavila.config import ConfigError, Where, YamlMapping, option, parse, read_yaml, values_of
+
+
+@dataclass
+class TrainConfig:
+    """Keys every training task shares; a task's own keys live in its subclass (``Task.Config``)."""
+
+    # --- what to train -------------------------------------------------------------------------------------
+    task: str | None = option(None, "task to run (dual_encoder, narrator, finetune_retrieval, "
+                                    "finetune_classification, or module:Class); default: from the model's kind")
+    model: str = option("CLIP_OPENAI_TIMESFORMER_BASE", "registry model name (`lavila models`)")
+    model_overrides: YamlMapping = option(
+        default_factory=dict, help="registry overrides for create_model, e.g. {img_size: 32, vision_layers: 2}")
+    # --- data ----------------------------------------------------------------------------------------------
+    dataset: str = option("ego4d", "training data: ego4d (metadata + video chunks) or synthetic (embedded set)")
+    root: str = option("datasets/Ego4D/video_5min_chunks_288px/", "video root folder")
+    metadata: str = option("datasets/Ego4D/ego4d_train.pkl", "training metadata (pickle/Parquet)")
+    output_dir: str = option("./", "checkpoints, metrics.jsonl and plots go here")
+    clip_length: int = option(4, "frames per clip", positive=True)
+    clip_stride: int = option(16, "frame stride for dense sampling", positive=True)
+    sparse_sample: bool = option(False, "segment-based sparse sampling over the whole window")
+    workers: int = option(10, "DataLoader worker processes per rank", min=0, aliases=("-j",))
+    # --- schedule / optimiser ------------------------------------------------------------------------------
+    epochs: int = option(5, "training epochs", positive=True)
+    warmup_epochs: float = option(1, "linear warm-up length in epochs (fractions allowed)", min=0)
+    start_epoch: int = option(0, "first epoch (overwritten by resume)", min=0)
+    batch_size: int = option(32, "clips per GPU/process per step", positive=True)
+    lr: float = option(3e-5, "peak learning rate", positive=True)
+    fix_lr: bool = option(False, "constant --lr from step 0 (no warm-up, no cosine)")
+    lr_start: float = option(1e-6, "warm-up start learning rate", min=0)
+    lr_end: float = option(1e-5, "cosine end learning rate", min=0)
+    update_freq: int = option(1, "gradient accumulation: optimiser step every N micro-batches", positive=True)
+    wd: float = option(0.01, "AdamW weight decay (decayed group only)", min=0)
+    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas")
+    eps: float = option(1e-8, "AdamW eps", positive=True)
+    clip_grad_type: Literal["norm", "value"] = option("norm", "gradient clipping kind")
+    clip_grad_value: float | None = option(None, "clip gradients at this norm/value (off when unset)", positive=True)
+    # --- precision / memory --------------------------------------------------------------------------------
+    disable_amp: bool = option(False, "train in fp32 even on CUDA")
+    amp_dtype: Literal["auto", "bf16", "fp16"] = option(
+        "auto", "autocast dtype on CUDA (auto = bf16 where supported, else fp16)")
+    use_checkpoint: bool = option(False, "gradient (activation) checkpointing in the towers")
+    use_zero: bool = option(False, "ZeroRedundancyOptimizer: shard AdamW state over ranks")
+    use_fsdp: bool = option(False, "FSDP2 (fully_shard) each transformer block and the model")
+    find_unused_parameters: bool = option(False, "DDP find_unused_parameters")
+    # --- evaluation / checkpoints / logging ----------------------------------------------------------------
+    eval_freq: int = option(99, "validation loss every N epochs", positive=True)
+    eval_in_middle_freq: int = option(-1, "task evaluation every N optimiser steps (-1 = off)")
+    eval_at_start: bool = option(False, "run the task evaluation once before training")
+    save_freq: int = option(1, "keep checkpoint_{epoch:04d}.pt every N epochs", positive=True)
+    print_freq: int = option(10, "log metrics every N optimiser steps", positive=True)
+    progress: bool = option(True, "tqdm progress bar on rank 0")
+    plot: bool = option(True, "write training_curves.png at the end")
+    wandb: bool = option(False, "log to Weights & Biases (if installed)")
+    wandb_project: str = option("LaVid", "W&B project")
+    tensorboard: bool = option(False, "write TensorBoard events to output_dir/tb (if installed)")
+    # --- resume / init -------------------------------------------------------------------------------------
+    resume: str = option("", "checkpoint to resume from (reference semantics; output_dir/checkpoint.pt wins)")
+    init_from: str = option("", "load only model weights from this checkpoint (strict=False), e.g. a released one")
+    trust_checkpoint: bool = option(False, "allow torch.load(weights_only=False) for checkpoints you trust")
+    stop_after_steps: int | None = option(
+        None, "save and stop after this many optimiser steps in total (simulates an interruption)", positive=True)
+    # --- system / distributed ------------------------------------------------------------------------------
+    seed: int = option(0, "random seed (data order, augmentation, init)", min=0)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    dist_url: str = option("env://", "process-group init method")
+    dist_backend: Literal["auto", "nccl", "gloo"] = option("auto", "auto (nccl on CUDA, gloo on CPU), nccl or gloo")
+    # --- launching (SLURM via submitit) --------------------------------------------------------------------
+    launcher: Literal["local", "submitit"] = option(
+        "local", "local = run in this process (or under torchrun); submitit = submit to SLURM with the keys below "
+                 "(--submit is short for --launcher submitit)")
+    cluster: Literal["slurm", "local", "debug"] | None = option(
+        None, "submitit cluster: slurm, local or debug (default: auto-detect)")
+    nodes: int = option(8, "SLURM nodes", positive=True)
+    ngpus: int = option(8, "GPUs (= tasks) per node", positive=True)
+    timeout: int = option(2880, "SLURM time limit in minutes", positive=True)
+    partition: str = option("learnlab", "SLURM partition")
+    use_volta32: bool = option(False, "request 32 GB V100s (constraint volta32gb)")
+    comment: str = option("", "SLURM comment")
+    job_dir: str = option("", "submitit folder and output_dir ('%j' = job id)")
+    mem_gb_per_gpu: int = option(40, "host memory per GPU in GB", positive=True)
+    cpus_per_task: int = option(10, "CPUs per task", positive=True)
+    slurm_signal_delay_s: int = option(120, "seconds between the pre-emption signal and the kill", min=0)
+    slurm_max_num_timeout: int = option(30, "how many times a timed-out job is requeued", min=0)
+
+    def validate(self, where: Where) -> None:
+        """Rules across keys; a task's subclass extends them (and calls this first)."""
+        if self.lr_end > self.lr and not self.fix_lr:
+            raise ConfigError(f"{where('lr_end')}: {self.lr_end} is above lr={self.lr}")
+        if self.warmup_epochs > self.epochs and not self.fix_lr:
+            raise ConfigError(f"{where('warmup_epochs')}: {self.warmup_epochs} exceeds epochs={self.epochs}")
+        b1, b2 = self.betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise ConfigError(f"{where('betas')}: each beta must be in [0, 1), got {self.betas}")
+        if self.use_zero and self.use_fsdp:
+            raise ConfigError(f"{where('use_fsdp')}: use either use_zero or use_fsdp, not both")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"{where('device')}: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        from lavila.models.registry import MODEL_CONFIGS
+
+        if self.model not in MODEL_CONFIGS:
+            raise ConfigError(f"{where('model')}: unknown model {self.model!r}; `lavila models` lists them")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat ``{key: value}`` of every key (what a YAML recipe contains)."""
+        return values_of(self)
+
+    def to_namespace(self) -> argparse.Namespace:
+        """The reference's ``args`` (a flat Namespace), stored in checkpoints for loaders that read it."""
+        return argparse.Namespace(**self.to_dict())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def submit_requested(self) -> bool:
+        """True when the job goes to SLURM through submitit (``launcher: submitit``), false to run here."""
+        return self.launcher == "submitit"
+
+
+def resolve_task_name(task: str | None, model: str, source: str = "default") -> str:
+    """The explicit task, else the one implied by the model's kind (dual encoder or narrator)."""
+    if task:
+        return task
+    from lavila.models.registry import MODEL_CONFIGS
+
+    cfg = MODEL_CONFIGS.get(model)
+    if cfg is None:
+        raise ConfigError(f"key 'model' ({source}): unknown model {model!r}; `lavila models` lists them")
+    return {"dual_encoder": "dual_encoder", "vclm": "narrator"}.get(cfg.kind, cfg.kind)
+
+
+def config_class(task: str | None, model: str, sources: Mapping[str, str] | None = None) -> tuple[str, type]:
+    """(task name, the task's config class) for a task name (or ``module:Class``) or, without one, a model."""
+    from lavila.train.tasks import get_task_class
+
+    sources = sources or {}
+    name = resolve_task_name(task, model, sources.get("model", "default"))
+    try:
+        return name, get_task_class(name).Config
+    except KeyError as err:
+        raise ConfigError(f"key 'task' ({sources.get('task', 'default')}): {err.args[0]}") from None
+
+
+def _peek(argv: Sequence[str], key: str) -> str | None:
+    """The last value given to ``--key`` (any spelling) or ``--set key=...`` before full parsing."""
+    found = None
+    flag = "--" + key
+    for i, tok in enumerate(argv):
+        if tok == "--":
+            break
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        name, eq, inline = tok.partition("=")
+        canon = "--" + name.lstrip("-").replace("_", "-") if name.startswith("--") else name
+        if canon == flag:
+            found = inline if eq else nxt
+        elif tok == "--set" and nxt is not None and nxt.replace("-", "_").startswith(f"{key}="):
+            found = nxt.split("=", 1)[1]
+        elif tok.startswith("--set=") and tok[len("--set="):].replace("-", "_").startswith(f"{key}="):
+            found = tok.split("=", 2)[2]
+    return found
+
+
+def load_config(path: str | Path | None = None, argv: Sequence[str] = (), defaults: Mapping[str, Any] | None = None,
+                *, prog: str = "lavila train") -> TrainConfig:
+    """The task's config from a recipe file (optional), programmatic `defaults` and command-line flags."""
+    file_values = read_yaml(path) if path is not None else {}
+    sources: dict[str, str] = {}
+    picked: dict[str, Any] = {}
+    for key, fallback in (("task", None), ("model", TrainConfig.model)):
+        if _peek(argv, key) is not None:
+            picked[key], sources[key] = _peek(argv, key), f"--{key}"
+        elif defaults and key in defaults:
+            picked[key], sources[key] = defaults[key], "defaults"
+        elif key in file_values:
+            picked[key], sources[key] = file_values[key], str(path)
+        else:
+            picked[key] = fallback
+    if picked["task"] is not None and not isinstance(picked["task"], str):
+        raise ConfigError(f"key 'task' ({sources['task']}): expected a task name, got {picked['task']!r}")
+    if not isinstance(picked["model"], str):
+        raise ConfigError(f"key 'model' ({sources.get('model', 'default')}): expected a model name, "
+                          f"got {picked['model']!r}")
+    name, cls = config_class(picked["task"], picked["model"], sources)
+    cfg = parse(cls, argv, prog=prog, yaml_path=path, defaults=defaults)
+    if cfg.task is None:
+        cfg.task = name
+    return cfg
+
+
+def build_config(values: Mapping[str, Any]) -> TrainConfig:
+    """A checked config from a flat mapping (what a recipe holds), e.g. :meth:`TrainConfig.to_dict` output."""
+    return load_config(None, (), defaults=values)
+
+
+__all__ = ["TrainConfig", "build_config", "config_class", "load_config", "resolve_task_name"]
