@@ -80,7 +80,7 @@ def main() -> int:
     from torch.utils.data import DataLoader
 
     from lavila.config import build_config
-    from lavila.data.synthetic import WordTokenizer
+    from lavila.data.synthetic import synthetic_tokenizer
     from lavila.train.optim import build_optimizer, clamp_logit_scale
     from lavila.train.state import ResumableDistributedSampler, SeededDataset
     from lavila.train.tasks import make_task
@@ -95,7 +95,7 @@ def main() -> int:
               "dataset": "ego4d", "metadata": "bench_train.pkl", "fix_lr": True, "device": args.device}
     cfg = build_config(values)
     task = make_task(cfg)
-    tokenizer = WordTokenizer(context_length=77)
+    tokenizer = synthetic_tokenizer(context_length=77)
     task._tokenizer = tokenizer  # word ids are valid CLIP ids; the CLIP BPE file is not needed to time a step
     model = task.build_model().to(device)
     criterion = task.build_criterion().to(device)

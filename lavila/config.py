@@ -72,11 +72,13 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, min: float | N
 
     ``help`` is what ``--help`` and ``--list-keys`` show (a field docstring works too when ``help`` is empty).
     ``aliases`` are extra spellings such as the reference's ``-j`` for ``--workers``; for a switch, an alias
-    starting with ``--no-`` turns it off (``--no-cache`` for ``use_cache``).
+    starting with ``--no-`` turns it off (``--no-cache`` for ``use_cache``); ``--flag=value`` declares a flag that
+    takes no value and sets this key to `value` (``--submit=submitit`` for ``launcher``).
     """
     meta: dict[str, Any] = {"min": min, "positive": positive, "aliases": tuple(aliases)}
     if help:
-        meta["help"] = help + (f" (also {', '.join(aliases)})" if aliases else "")
+        shown = [a.replace("=", " = ", 1) for a in aliases]
+        meta["help"] = help + (f" (also {', '.join(shown)})" if aliases else "")
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -444,27 +446,27 @@ class _Tokens:
 
 
 @functools.cache
-def _flag_table(cls: type) -> dict[str, tuple[Key, bool]]:
-    """Every accepted spelling (canonical form) -> (key, negated)."""
-    table: dict[str, tuple[Key, bool]] = {}
+def _flag_table(cls: type) -> dict[str, tuple[Key, bool, str | None]]:
+    """Every accepted spelling (canonical form) -> (key, negated, implied value)."""
+    table: dict[str, tuple[Key, bool, str | None]] = {}
     for key in config_keys(cls).values():
         if key.positional:
             continue
-        table[key.flag] = (key, False)
+        table[key.flag] = (key, False, None)
         if key.is_switch:
-            table["--no-" + key.flag[2:]] = (key, True)
+            table["--no-" + key.flag[2:]] = (key, True, None)
         for alias in key.field.metadata.get("aliases", ()):
-            negated = key.is_switch and _canonical(alias).startswith("--no-")
-            table[_canonical(alias)] = (key, negated)
+            spelling, eq, implied = alias.partition("=")
+            negated = key.is_switch and _canonical(spelling).startswith("--no-")
+            table[_canonical(spelling)] = (key, negated, implied if eq else None)
     return table
 
 
-def _normalize(argv: Sequence[str], cls: type, where: Where) -> _Tokens:
+def _normalize(argv: Sequence[str], cls: type, where: Where, out: _Tokens) -> _Tokens:
     """Check every flag against the dataclass (did-you-mean on typos) and rewrite the reference's spellings into
     the canonical ones tyro understands: aliases, ``--flag true/false``, ``none`` for optional values."""
     table = _flag_table(cls)
     has_positionals = any(k.positional for k in config_keys(cls).values())
-    out = _Tokens([], {}, {})
     argv = list(argv)
     i = 0
     while i < len(argv):
@@ -480,8 +482,14 @@ def _normalize(argv: Sequence[str], cls: type, where: Where) -> _Tokens:
         entry = table.get(_canonical(name))
         if entry is None:
             raise ConfigError(f"unknown option {name}{_did_you_mean(_canonical(name), list(table))}")
-        key, negated = entry
+        key, negated, implied = entry
         out.sources[key.name] = name
+        if implied is not None:
+            if eq:
+                raise ConfigError(f"{name} takes no value (it means {key.flag} {implied})")
+            out.args += [key.flag, implied]
+            out.raw[key.name] = [implied]
+            continue
         values = [inline] if eq else []
         if not eq:
             j = i
@@ -594,8 +602,7 @@ def parse(cls: type[T], argv: Sequence[str] = (), *, prog: str = "lavila", yaml_
     def where(key: str) -> str:
         return f"key {key!r} ({flag_sources.get(key) or sources.get(key, 'default')})"
 
-    tokens = _normalize(argv, cls, where)
-    flag_sources.update(tokens.sources)
+    tokens = _normalize(argv, cls, where, _Tokens([], flag_sources, {}))
     if tokens.args:
         instance = _run_tyro(cls, tokens, prog, _assemble(cls, values, for_tyro=True), where, description)
     else:

@@ -15,15 +15,18 @@ each in groups of 24 clips with 24 distinct captions, against chance. Outputs in
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from lavila.config import option
+from lavila.models import get_config
 
 # Tiny model: ~0.6 M parameters, about 0.1 s per step of 32 clips on 2 CPU threads.
 DEMO_MODEL = "CLIP_OPENAI_TIMESFORMER_BASE"
@@ -66,17 +69,18 @@ def demo_values(output_dir: str, steps: int, seed: int, batch_size: int, workers
     }
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.strip().splitlines()[0]
-    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default 1000, ~3 min on 2 cores)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--output-dir", default="./demo_out")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (rendering is cheap)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--eval-groups", type=int, default=4,
-                        help="groups of 24 clips per split for the before/after evaluation")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+@dataclass
+class DemoConfig:
+    """Pre-train a tiny video-text dual encoder on an embedded synthetic egocentric set, on CPU (no data)."""
+
+    steps: int = option(1000, "optimiser steps (~3 min on 2 cores)", positive=True)
+    seed: int = option(0, "random seed (data, initial weights)", min=0)
+    batch_size: int = option(32, "clips per step", positive=True)
+    output_dir: str = option("./demo_out", "checkpoints, metrics, plots and demo_results.json go here")
+    workers: int = option(0, "DataLoader workers (rendering is cheap)", min=0)
+    threads: int = option(2, "torch CPU threads", positive=True)
+    eval_groups: int = option(4, "groups of 24 clips per split for the before/after evaluation", positive=True)
+    progress: bool = option(True, "tqdm progress bar (--no-progress for logs)")
 
 
 def evaluate_splits(model: torch.nn.Module, task: Any, groups: int, seed: int) -> dict[str, dict[str, float]]:
@@ -85,7 +89,7 @@ def evaluate_splits(model: torch.nn.Module, task: Any, groups: int, seed: int) -
     from lavila.train.tasks.dual_encoder import grouped_retrieval
 
     common = {"num_frames": 4, "img_size": DEMO_OVERRIDES["img_size"], "tokenizer": task.tokenizer,
-              "model_name": DEMO_MODEL}
+              "preprocess": get_config(DEMO_MODEL).preprocess}
     heldout = SyntheticEgoClips("heldout", groups * GROUP, seed=seed + 2000, **common)
     # seen combinations, new clips: per group 24 distinct seen combinations drawn at random (like the held-out set,
     # not 24 neighbours in the list, which would differ only by the action)
@@ -153,15 +157,15 @@ def examples(model: torch.nn.Module, task: Any, seed: int, n: int = 4) -> list[t
     from lavila.train.tasks.dual_encoder import embed_dataset
 
     data = SyntheticEgoClips("heldout", GROUP, seed=seed + 2000, num_frames=4, img_size=DEMO_OVERRIDES["img_size"],
-                             tokenizer=task.tokenizer, model_name=DEMO_MODEL)
+                             tokenizer=task.tokenizer, preprocess=get_config(DEMO_MODEL).preprocess)
     video, text = embed_dataset(model, data, torch.device("cpu"))
     top = (text @ video.T).argmax(dim=1)
     return [(data.combo(i).caption(), data.combo(int(top[i])).caption()) for i in range(0, GROUP, GROUP // n)][:n]
 
 
-def run(args: argparse.Namespace) -> int:
+def run_demo(args: DemoConfig) -> int:
     from lavila.atomic import atomic_write_text
-    from lavila.config import build_config
+    from lavila.train.config import build_config
     from lavila.train.loop import train
     from lavila.train.state import load_checkpoint_file, seeded_rngs
     from lavila.train.tasks import make_task
@@ -171,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     if (out / "checkpoint.pt").exists():
         print(f"{out} holds a previous demo run; it is resumed (delete the folder to start over)")
     values = demo_values(str(out), args.steps, args.seed, args.batch_size, args.workers)
-    values["progress"] = not args.no_progress
+    values["progress"] = args.progress
     cfg = build_config(values)
     task = make_task(cfg)
     print("lavila demo: synthetic egocentric clips (hand moves a coloured object), 6 colours x 5 objects x 4 "

@@ -67,9 +67,10 @@ def world_info_from_env(env: Mapping[str, str] | None = None) -> DistInfo:
 def resolve_device(spec: str | None = "auto", local_rank: int | None = None) -> torch.device:
     """The one rule every entry point (training, evaluation, narration, demo, benchmarks) uses to pick a device.
 
-    ``auto`` (or None/empty) -> ``cuda:<local_rank>`` when CUDA is available, else CPU; ``cuda`` -> ``cuda:<local_rank>``
-    (one GPU per process under torchrun/SLURM); anything else is taken as torch spells it (``cpu``, ``cuda:1``, ``mps``).
-    ``local_rank`` defaults to the launcher's (LOCAL_RANK / SLURM_LOCALID, 0 in a plain process).
+    ``auto`` (or None/empty) -> ``cuda:<local_rank>`` when CUDA is available, else CPU; ``cuda`` ->
+    ``cuda:<local_rank>`` (one GPU per process under torchrun/SLURM); anything else is taken as torch spells it
+    (``cpu``, ``cuda:1``, ``mps``). ``local_rank`` defaults to the launcher's (LOCAL_RANK / SLURM_LOCALID, 0 in a
+    plain process).
     """
     spec = spec or "auto"
     if spec in ("auto", "cuda"):

@@ -17,6 +17,11 @@ class LavilaError(ValueError):
 
     exit_code: int = 1
 
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
 
 class ConfigError(LavilaError):
     """A usage or configuration problem; the message names the offending key or flag and where it came from."""

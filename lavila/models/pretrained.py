@@ -31,20 +31,40 @@ def save_pretrained(model: Any, folder: str | os.PathLike, tokenizer: Any = None
     Each file is replaced atomically, and ``config.json`` is written last, so a kill at any point leaves either
     the previous complete folder or the new one's weights without a config (which loading refuses by name).
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     from lavila.atomic import atomic_target, atomic_write_text
     from lavila.models.tokenizers import save_tokenizer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    tensors, tied = _untie(model.state_dict())
     with atomic_target(folder / WEIGHTS_NAME) as tmp:
-        save_model(model, str(tmp))  # handles tied weights (GPT-2's lm_head shares wte)
+        save_file(tensors, str(tmp))
     if tokenizer is not None:
         save_tokenizer(tokenizer, folder)
-    doc = {"format": "lavila", "format_version": FORMAT_VERSION, "model_config": config_to_dict(model.config), **meta}
+    doc = {"format": "lavila", "format_version": FORMAT_VERSION, "model_config": config_to_dict(model.config),
+           "tied_weights": tied, **meta}
     atomic_write_text(folder / CONFIG_NAME, json.dumps(doc, indent=2, default=str) + "\n")
     return folder
+
+
+def _untie(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Safetensors stores each storage once: keep the first name of shared tensors, record the others as aliases.
+
+    (GPT-2's ``lm_head.weight`` is ``wte.weight``; the alias map in ``config.json`` restores both names on load.)
+    """
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    tensors: dict[str, Any] = {}
+    tied: dict[str, str] = {}
+    for name, t in state_dict.items():
+        key = (t.data_ptr(), tuple(t.shape))
+        if t.numel() and key in seen:
+            tied[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().contiguous()
+    return tensors, tied
 
 
 class PretrainedMixin:

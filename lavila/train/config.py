@@ -91,8 +91,8 @@ class TrainConfig:
     dist_backend: Literal["auto", "nccl", "gloo"] = option("auto", "auto (nccl on CUDA, gloo on CPU), nccl or gloo")
     # --- launching (SLURM via submitit) --------------------------------------------------------------------
     launcher: Literal["local", "submitit"] = option(
-        "local", "local = run in this process (or under torchrun); submitit = submit to SLURM with the keys below "
-                 "(--submit is short for --launcher submitit)")
+        "local", "local = run in this process (or under torchrun); submitit = submit to SLURM with the keys below",
+        aliases=("--submit=submitit",))
     cluster: Literal["slurm", "local", "debug"] | None = option(
         None, "submitit cluster: slurm, local or debug (default: auto-detect)")
     nodes: int = option(8, "SLURM nodes", positive=True)

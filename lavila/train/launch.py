@@ -1,6 +1,7 @@
 """SLURM launch through submitit: the reference's ``run_with_submitit_*.py`` as one function.
 
-``lavila train CONFIG --nodes 4 --ngpus 8 --partition learnlab --use_volta32`` builds an ``AutoExecutor`` with the
+``lavila train CONFIG --submit --nodes 4 --ngpus 8 --partition learnlab --use_volta32`` (or ``launcher: submitit``
+in the recipe: the same rule from the file and from flags) builds an ``AutoExecutor`` with the
 reference's job shape (``gpus_per_node = tasks_per_node = ngpus``, ``mem_gb = 40 * ngpus``, 10 CPUs per task,
 ``slurm_signal_delay_s = 120``, ``slurm_max_num_timeout = 30``) and submits a :class:`Trainer`. Every task exports
 the torch.distributed environment (``submitit.helpers.TorchDistributedEnvironment``) and runs the ordinary loop.
@@ -13,11 +14,12 @@ SLURM, which is how the tests exercise it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
-from lavila.config import TrainConfig, build_config
+from lavila.train.config import TrainConfig
 
 
 def job_folder(cfg: TrainConfig) -> str:
@@ -64,19 +66,17 @@ def build_executor(cfg: TrainConfig) -> Any:
 
 
 class Trainer:
-    """What submitit runs on every task. Picklable: it carries only the flat config values."""
+    """What submitit runs on every task. Picklable: it carries the config dataclass (plain values only)."""
 
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.values = dict(values)
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
 
     def config(self) -> TrainConfig:
         import submitit
 
-        values = dict(self.values)
         job_id = str(submitit.JobEnvironment().job_id)
-        values["output_dir"] = values["output_dir"].replace("%j", job_id)
-        values["launcher"] = "local"  # never submit again from inside the job
-        return build_config(values)
+        # inside the job: the real output folder, and never submit again
+        return dataclasses.replace(self.cfg, output_dir=self.cfg.output_dir.replace("%j", job_id), launcher="local")
 
     def __call__(self) -> dict[str, Any]:
         import submitit
@@ -98,16 +98,15 @@ class Trainer:
         """
         import submitit
 
-        return submitit.helpers.DelayedSubmission(type(self)(self.values))
+        return submitit.helpers.DelayedSubmission(type(self)(self.cfg))
 
 
 def submit(cfg: TrainConfig) -> Any:
     """Submit `cfg` with submitit; returns the job. ``output_dir`` becomes the job folder (reference behaviour)."""
     executor = build_executor(cfg)
-    values = cfg.to_dict()
-    values["output_dir"] = job_folder(cfg) if cfg.job_dir else cfg.output_dir
+    job_cfg = dataclasses.replace(cfg, output_dir=job_folder(cfg) if cfg.job_dir else cfg.output_dir)
     os.makedirs(Path(job_folder(cfg).replace("%j", "")).parent, exist_ok=True)
-    job = executor.submit(Trainer(values))
+    job = executor.submit(Trainer(job_cfg))
     print(f"submitted job {job.job_id} to {executor.cluster} ({cfg.nodes if executor.cluster == 'slurm' else 1} "
           f"node(s) x {cfg.ngpus} GPU(s)); logs in {job_folder(cfg).replace('%j', str(job.job_id))}")
     return job

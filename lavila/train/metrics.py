@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from lavila.config import TrainConfig
+    from lavila.train.config import TrainConfig
 
 
 class PendingSteps:

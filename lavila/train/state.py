@@ -11,7 +11,9 @@ That needs three things besides model/optimiser/scaler state:
 * the process RNG states (torch, CUDA, numpy, python) of every rank, for stochastic layers such as drop-path.
 
 Checkpoints are written with :func:`atomic_save` (temporary file, fsync, ``os.replace``, fsync of the folder), so a
-crash or a pre-emption while saving leaves the previous file intact.
+crash or a pre-emption while saving leaves the previous file intact. :class:`Checkpointer` decides what goes into
+them (model, criterion, optimiser incl. ZeRO/FSDP consolidation, scaler, RNG of every rank, :class:`Progress`) and
+puts it back on resume.
 """
 
 from __future__ import annotations
@@ -21,16 +23,24 @@ import contextlib
 import os
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Dataset, DistributedSampler
 
+from lavila import dist
 from lavila.atomic import atomic_copy, atomic_save
 from lavila.failpoints import failpoint
+from lavila.train.optim import optimizer_state_for_checkpoint
 
+if TYPE_CHECKING:
+    from lavila.train.config import TrainConfig
+
+CHECKPOINT_FORMAT = 1  # "lavila_format" in our checkpoints; reference checkpoints have no such key
 LAST = "checkpoint.pt"
 BEST = "checkpoint_best.pt"
 
@@ -213,3 +223,166 @@ def write_checkpoint(state: dict[str, Any], output_dir: str | os.PathLike, *, is
         failpoint("checkpoint.file_written", numbered.name)
         written.append(numbered)
     return written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training state: what a checkpoint holds and how a run gets it back
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where the run is; together with the sampler offset it derives, it is the data position of an exact resume."""
+
+    epoch: int = 0  # current epoch index (== finished epochs at an epoch boundary)
+    step_in_epoch: int = 0  # optimiser steps done in the current epoch
+    global_step: int = 0
+    best_score: float = 0.0
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def model_state_dict(model: nn.Module, fsdp: bool) -> dict[str, torch.Tensor]:
+    """Full (unsharded, CPU for FSDP) model weights; collective under FSDP."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return unwrap(model).state_dict()
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """Every rank's RNG states, in rank order (collective): drop-path and friends resume exactly on every rank."""
+    if dist.get_world_size() == 1:
+        return [capture_rng_state()]
+    states: list[Any] = [None] * dist.get_world_size()
+    torch.distributed.all_gather_object(states, capture_rng_state())
+    return states
+
+
+class Checkpointer:
+    """Saves and restores everything an exact resume needs, in the reference's checkpoint layout plus ours.
+
+    Model, criterion, optimiser (ZeRO shards consolidated, FSDP state as full fully-qualified-name dicts), AMP
+    scaler, the RNG states of every rank and the :class:`Progress` the sampler position derives from. :meth:`save`
+    is collective (every rank calls it); rank 0 writes the files.
+    """
+
+    def __init__(self, cfg: TrainConfig, output_dir: Path, *, model: nn.Module, criterion: nn.Module,
+                 optimizer: torch.optim.Optimizer, scaler: Any, fsdp: bool, iters_per_epoch: int) -> None:
+        self.cfg, self.output_dir = cfg, output_dir
+        self.model, self.criterion, self.optimizer, self.scaler = model, criterion, optimizer, scaler
+        self.fsdp, self.iters_per_epoch = fsdp, iters_per_epoch
+
+    def save(self, progress: Progress, *, epoch_done: bool, is_best: bool = False,
+             last_eval: dict | None = None) -> Path | None:
+        """Write ``checkpoint.pt`` (+ best / numbered copies at epoch ends); returns its path on rank 0."""
+        cfg, model = self.cfg, self.model
+        sd = model_state_dict(model, self.fsdp)
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            opt_state = get_optimizer_state_dict(model, self.optimizer,
+                                                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            opt_state = optimizer_state_for_checkpoint(self.optimizer)
+        rng = gather_rng_states()
+        path = None
+        if dist.is_main_process():
+            model_config = getattr(unwrap(model), "config", None)
+            if model_config is not None:
+                from lavila.models.config import config_to_dict
+
+                model_config = config_to_dict(model_config)
+            state = {
+                # reference keys
+                "epoch": progress.epoch,
+                "state_dict": add_module_prefix(sd),
+                "criterion": self.criterion.state_dict(),
+                "optimizer": opt_state,
+                "scaler": self.scaler.state_dict(),
+                "best_acc1": progress.best_score,
+                "args": cfg.to_namespace(),
+                # ours
+                "lavila_format": CHECKPOINT_FORMAT,
+                "optimizer_layout": "fsdp_fqn" if self.fsdp else "index",
+                "config": cfg.to_dict(),
+                "model_config": model_config,
+                "step_in_epoch": progress.step_in_epoch,
+                "global_step": progress.global_step,
+                "iters_per_epoch": self.iters_per_epoch,
+                "batch_size": cfg.batch_size,
+                "update_freq": cfg.update_freq,
+                "world_size": dist.get_world_size(),
+                "rng": rng,
+                "last_eval": last_eval,
+            }
+            numbered = progress.epoch if epoch_done and progress.epoch % cfg.save_freq == 0 else None
+            path = write_checkpoint(state, self.output_dir, is_best=is_best, numbered_epoch=numbered)[0]
+        dist.barrier()
+        return path
+
+    def restore(self, ckpt: dict[str, Any], *, auto: bool) -> Progress:
+        """Auto-resume (our own ``checkpoint.pt``): everything, strictly. ``--resume``: reference semantics (lenient).
+
+        The model weights are loaded by the caller (the task knows how to map them) before wrapping.
+        """
+        cfg, iters = self.cfg, self.iters_per_epoch
+        own = ckpt.get("lavila_format") is not None
+        progress = Progress(epoch=int(ckpt.get("epoch", 0)), best_score=float(ckpt.get("best_acc1", 0.0)))
+        if ckpt.get("criterion"):
+            self.criterion.load_state_dict(ckpt["criterion"], strict=auto)
+        if ckpt.get("optimizer") is not None:
+            self._load_optimizer(ckpt, own)
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if not own:
+            progress.global_step = progress.epoch * iters
+            return progress
+        progress.step_in_epoch = int(ckpt.get("step_in_epoch", 0))
+        progress.global_step = int(ckpt.get("global_step", progress.epoch * iters))
+        world = dist.get_world_size()
+        same_layout = (ckpt.get("iters_per_epoch") == iters and ckpt.get("world_size") == world
+                       and ckpt.get("batch_size") == cfg.batch_size)
+        if progress.step_in_epoch and not same_layout:
+            print(f"warning: resuming mid-epoch with another world size/batch size/update_freq than the checkpoint "
+                  f"({ckpt.get('world_size')}x{ckpt.get('batch_size')}); the data position is approximated")
+            consumed = progress.step_in_epoch * ckpt.get("update_freq", 1) * ckpt.get("batch_size", 1) * \
+                ckpt.get("world_size", 1)
+            progress.step_in_epoch = min(consumed // (cfg.update_freq * cfg.batch_size * world), iters)
+            progress.global_step = progress.epoch * iters + progress.step_in_epoch
+        rng = ckpt.get("rng") or []
+        if len(rng) == world:
+            restore_rng_state(rng[dist.get_rank()])
+        return progress
+
+    def _load_optimizer(self, ckpt: dict[str, Any], own: bool) -> None:
+        state, optimizer = ckpt["optimizer"], self.optimizer
+        if self.fsdp:
+            if ckpt.get("optimizer_layout") != "fsdp_fqn":
+                print("warning: optimizer state was not saved by an FSDP run; starting the optimizer fresh")
+                return
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state,
+                                     options=StateDictOptions(full_state_dict=True))
+            return
+        if ckpt.get("optimizer_layout", "index") != "index":
+            print("warning: optimizer state was saved by an FSDP run; starting the optimizer fresh")
+            return
+        # A foreign checkpoint's parameter order may differ from ours: only load when every shape matches.
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        saved = state.get("state", {})
+        mismatched = [i for i, p in enumerate(params) if i in saved and "exp_avg" in saved[i]
+                      and tuple(saved[i]["exp_avg"].shape) != tuple(p.shape)]
+        n_saved = sum(len(g["params"]) for g in state.get("param_groups", []))
+        if mismatched or n_saved != len(params):
+            msg = f"optimizer state does not match this model ({n_saved} saved vs {len(params)} parameters, " \
+                  f"{len(mismatched)} shape mismatches)"
+            if own:
+                raise RuntimeError(msg)
+            print(f"warning: {msg}; starting the optimizer fresh")
+            return
+        optimizer.load_state_dict(state)

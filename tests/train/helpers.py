@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import yaml
 
-from lavila.config import TrainConfig, build_config
+from lavila.train.config import TrainConfig, build_config
 from lavila.train.state import load_checkpoint_file, strip_module_prefix
 
 TINY_MODEL = {"img_size": 32, "patch_size": 8, "vision_width": 32, "vision_layers": 1, "vision_heads": 2,

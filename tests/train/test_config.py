@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from lavila.cli import main as lavila_main
-from lavila.config import ConfigError, build_config, load_config
+from lavila.config import ConfigError
+from lavila.train.config import build_config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -27,7 +28,7 @@ def test_reference_flags_flag_for_flag(tmp_path):
         "--timeout", "60", "--job_dir", "jobs/%j", "--comment", "paper deadline",
     ]
     cfg = load_config(None, flags)
-    o = cfg.task_cfg
+    o = cfg  # the task's keys are fields of its config subclass (DualEncoderConfig)
     assert cfg.model == "CLIP_OPENAI_TIMESFORMER_LARGE" and cfg.task == "dual_encoder"
     assert o.norm_embed and o.freeze_temperature and o.contrastive_use_vissl and o.freeze_pseudo_temperature
     assert cfg.fix_lr and cfg.use_checkpoint and cfg.use_zero and cfg.disable_amp and cfg.use_volta32
@@ -40,17 +41,19 @@ def test_reference_flags_flag_for_flag(tmp_path):
     assert (cfg.eval_freq, cfg.save_freq, cfg.print_freq, cfg.workers, cfg.seed) == (2, 3, 5, 4, 7)
     assert (cfg.nodes, cfg.ngpus, cfg.partition, cfg.timeout, cfg.job_dir, cfg.comment) == (
         2, 4, "dev", 60, "jobs/%j", "paper deadline")
-    assert cfg.submit_requested  # SLURM flags on the command line route to submitit
+    assert not cfg.submit_requested  # SLURM flags alone never submit: the launcher key decides
+    assert load_config(None, [*flags, "--submit"]).submit_requested
+    assert load_config(None, [*flags, "--launcher", "submitit"]).submit_requested
 
 
 def test_overrides_win_over_the_file_and_set_syntax(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("model: CLIP_OPENAI_TIMESFORMER_BASE\nlr: 0.1\nepochs: 2\nnorm_embed: true\nnodes: 4\n")
     cfg = load_config(path, ["--lr", "0.5", "--set", "wd=0", "--no-norm-embed", "--set=model_overrides={img_size: 32}"])
-    assert cfg.lr == 0.5 and cfg.wd == 0.0 and cfg.epochs == 2 and cfg.task_cfg.norm_embed is False
+    assert cfg.lr == 0.5 and cfg.wd == 0.0 and cfg.epochs == 2 and cfg.norm_embed is False
     assert cfg.model_overrides == {"img_size": 32}
     assert cfg.nodes == 4 and not cfg.submit_requested  # SLURM keys in the file alone do not submit
-    assert load_config(path, ["--norm-embed", "false"]).task_cfg.norm_embed is False
+    assert load_config(path, ["--norm-embed", "false"]).norm_embed is False
     assert load_config(path, ["--clip-grad-value", "none"]).clip_grad_value is None
 
 
@@ -66,7 +69,6 @@ def test_overrides_win_over_the_file_and_set_syntax(tmp_path):
         (["--norm-embed", "maybe"], "norm_embed", "true or false"),
         (["--metadata", "ego4d.pkl"], "metadata", "must contain 'train'"),
         (["--epochs", "1", "--warmup-epochs", "2"], "warmup_epochs", "exceeds epochs"),
-        (["--lrr", "1"], "lrr", "did you mean lr"),
         (["--model", "NOT_A_MODEL"], "model", "unknown model"),
         (["--device", "tpu"], "device", "expected auto, cpu, cuda"),
     ],
@@ -75,7 +77,12 @@ def test_bad_values_name_the_key(tokens, key, fragment):
     with pytest.raises(ConfigError) as err:
         load_config(None, tokens)
     assert repr(key) in str(err.value) and fragment in str(err.value)
-    assert tokens[0] in str(err.value) or tokens[0] == "--lrr" or key in ("warmup_epochs",)
+    assert tokens[0] in str(err.value) or key in ("warmup_epochs",)
+
+
+def test_unknown_flag_suggests_the_closest_one():
+    with pytest.raises(ConfigError, match=r"^unknown option --lrr \(did you mean --lr\?\)$"):
+        load_config(None, ["--lrr", "1"])
 
 
 def test_bad_file_value_names_file_and_key(tmp_path):
@@ -84,7 +91,7 @@ def test_bad_file_value_names_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"key 'epochs' \(.*bad\.yaml\): expected an integer"):
         load_config(path)
     path.write_text("epochz: 5\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown config key 'epochz' \(did you mean epochs"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown key 'epochz' \(did you mean epochs\?\)"):
         load_config(path)
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
@@ -125,10 +132,10 @@ def test_recipes_hold_the_reference_hyperparameters(name):
     for key, value in SPEC_DEFAULTS.items():
         assert getattr(cfg, key) == value, key
     for key, value in SPEC_TASK.items():
-        assert getattr(cfg.task_cfg, key) == value, key
+        assert getattr(cfg, key) == value, key
     assert (cfg.model, cfg.batch_size, cfg.nodes, cfg.ngpus) == (model, batch, nodes, 8)
-    assert (cfg.use_checkpoint, cfg.use_zero, cfg.task_cfg.metadata_aux) == (ckpt, zero, aux)
-    assert cfg.task_cfg.freeze_pseudo_temperature == (aux is not None)
+    assert (cfg.use_checkpoint, cfg.use_zero, cfg.metadata_aux) == (ckpt, zero, aux)
+    assert cfg.freeze_pseudo_temperature == (aux is not None)
     if aux:
         assert cfg.metadata == "datasets/Ego4D/ego4d_train.rephraser.no_punkt_top3.pkl"
     else:

@@ -14,11 +14,11 @@ from lavila.data.synthetic import (
     COLOURS,
     OBJECTS,
     SyntheticEgoClips,
-    WordTokenizer,
     all_combos,
     is_heldout,
     render_clip,
     split_combos,
+    synthetic_tokenizer,
 )
 
 
@@ -51,7 +51,7 @@ def test_heldout_combinations_are_unseen_but_their_attributes_are_not():
 
 
 def test_word_tokenizer_puts_eot_at_the_largest_id():
-    tok = WordTokenizer(context_length=12)
+    tok = synthetic_tokenizer(context_length=12)
     ids = tok(["#C C moves the red ball to the left", "#C C lifts the blue knife"])
     assert ids.shape == (2, 12) and ids.dtype == torch.long
     assert (ids.argmax(dim=1) == torch.tensor([10, 7])).all()  # SOT + 9 words -> EOT at 10; SOT + 6 -> 7

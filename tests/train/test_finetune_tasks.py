@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lavila.config import load_config
+from lavila.train.config import load_config
 from lavila.train.optim import set_lr
 from lavila.train.tasks.finetune import ClassificationFinetuneTask, ClassificationLoss, RetrievalFinetuneTask
 
@@ -40,15 +40,15 @@ def paths(name, ek100, charades, egtea):
 
 def test_recipes_carry_the_reference_hyperparameters():
     cls = load_config(CONFIGS / "finetune_ek100_cls.yaml")
-    o = cls.task_cfg
+    o = cls
     assert (cls.lr, cls.wd, cls.clip_length, cls.clip_stride, cls.epochs) == (3e-3, 4e-5, 16, 2, 100)
     assert o.use_sgd and o.lr_multiplier_on_backbone == 0.1 and o.head_lr_quirk and o.label_smoothing == 0.1
     assert o.num_classes == [97, 300, 3806] and o.use_vn_classifier and o.dropout_rate == 0.5
     mir = load_config(CONFIGS / "finetune_ek100_mir.yaml")
     assert (mir.lr, mir.lr_start, mir.lr_end, mir.epochs, mir.clip_length) == (3e-5, 1e-6, 1e-5, 100, 16)
-    assert mir.task_cfg.margin == 0.2 and mir.task_cfg.drop_path_rate == 0.1
+    assert mir.margin == 0.2 and mir.drop_path_rate == 0.1
     egtea = load_config(CONFIGS / "finetune_egtea.yaml")
-    assert egtea.task_cfg.num_classes == [106] and (egtea.task_cfg.eval_num_clips, egtea.task_cfg.eval_num_crops) == (
+    assert egtea.num_classes == [106] and (egtea.eval_num_clips, egtea.eval_num_crops) == (
         10, 3)
     assert load_config(CONFIGS / "finetune_charades_ego.yaml").epochs == 10
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lavila.config import load_config
+from lavila.cli import main as lavila_main
+from lavila.train.config import load_config
 from lavila.train.launch import Trainer, build_executor, submit
 from lavila.train.loop import train
 from tests.train.helpers import assert_same_weights, tiny_config, weights
@@ -42,7 +43,7 @@ def fake_slurm(tmp_path, monkeypatch):
 def test_slurm_flags_build_the_reference_job(tmp_path, fake_slurm):
     cfg = load_config("configs/pretrain_baseline_tsf_b.yaml", [
         "--nodes", "4", "--ngpus", "8", "--use_volta32", "--partition", "learnlab", "--comment", "cvpr",
-        "--timeout", "2880", "--job_dir", str(tmp_path / "jobs" / "%j"), "--cluster", "slurm"])
+        "--timeout", "2880", "--job_dir", str(tmp_path / "jobs" / "%j"), "--cluster", "slurm", "--submit"])
     assert cfg.submit_requested
     executor = build_executor(cfg)
     slurm = executor._executor
@@ -57,10 +58,40 @@ def test_slurm_flags_build_the_reference_job(tmp_path, fake_slurm):
     assert "constraint" not in without._executor.parameters and "comment" not in without._executor.parameters
 
 
+@pytest.mark.parametrize(
+    ("yaml_extra", "flags", "submits"),
+    [
+        ({"launcher": "submitit"}, [], True),  # the key in the file submits ...
+        ({}, ["--launcher", "submitit"], True),  # ... exactly as the flag does
+        ({}, ["--submit"], True),
+        ({"launcher": "submitit"}, ["--launcher", "local"], False),  # flags win over the file
+        ({"nodes": 4, "partition": "p"}, ["--nodes", "2", "--use_volta32"], False),  # SLURM keys alone never submit
+    ],
+)
+def test_one_submit_rule_for_file_and_flags(tmp_path, monkeypatch, yaml_extra, flags, submits):
+    import lavila.train.launch
+    import lavila.train.loop
+    from tests.train.helpers import tiny_values, write_yaml
+
+    calls = []
+    monkeypatch.setattr(lavila.train.launch, "submit", lambda cfg: calls.append(("submit", cfg)))
+    monkeypatch.setattr(lavila.train.loop, "train", lambda cfg, **kw: calls.append(("train", cfg)) or _Done())
+    path = write_yaml(tmp_path / "r.yaml", {**tiny_values(tmp_path / "out"), **yaml_extra})
+    assert lavila_main(["train", str(path), *flags]) == 0
+    assert [kind for kind, _ in calls] == ["submit" if submits else "train"]
+    assert calls[0][1].launcher == ("submitit" if submits else "local")
+
+
+class _Done:
+    last_eval = None
+    global_step = epochs_done = 0
+    checkpoint = None
+
+
 def test_trainer_requeues_itself_with_the_same_config(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path).to_dict())
+    trainer = Trainer(tiny_config(tmp_path))
     delayed = trainer.checkpoint()
-    assert isinstance(delayed.function, Trainer) and delayed.function.values == trainer.values
+    assert isinstance(delayed.function, Trainer) and delayed.function.cfg == trainer.cfg
     assert delayed.function is not trainer
 
 

@@ -100,12 +100,80 @@ register_task("test_nan_dual_encoder", NaNAtStep3)
 
 
 def test_non_finite_loss_saves_last_good_state_and_stops(tmp_path):
+    # Losses are read on the host at log steps only; print_freq 1 makes every step one, as before.
     NaNAtStep3.calls = 0
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 0, step 2 .*checkpoint\.pt"):
-        train(tiny_config(tmp_path, task="test_nan_dual_encoder"))
+        train(tiny_config(tmp_path, task="test_nan_dual_encoder", print_freq=1))
     saved = load_checkpoint_file(tmp_path / "checkpoint.pt")
     assert saved["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+def test_non_finite_loss_between_log_steps_keeps_the_last_checkpoint(tmp_path):
+    # 4 steps/epoch, NaN at the 7th step (epoch 1, step 2): caught at the epoch's last step, before its update.
+    NaNAtStep3.calls = -4
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 2 \(global step 6\).*found at the next log step.*"
+                                                 r"checkpoint\.pt \(global step 4\) is the last good state"):
+        train(tiny_config(tmp_path, task="test_nan_dual_encoder"))
+    saved = load_checkpoint_file(tmp_path / "checkpoint.pt")
+    assert saved["global_step"] == 4  # the epoch-end save; the spoilt weights were never written
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the good steps before the bad one are logged
+
+
+class SyncSpy:
+    """Counts host reads of tensor values (what waits for the GPU on CUDA) while armed."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        self.armed = False
+        for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+            original = getattr(torch.Tensor, name)
+
+            def spy(tensor, *args, _name=name, _original=original, **kwargs):
+                if self.armed:
+                    self.calls.append(_name)
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, spy)
+
+
+def test_training_steps_read_no_tensor_on_the_host_outside_log_steps(tmp_path, monkeypatch):
+    from lavila.train import loop
+
+    spy = SyncSpy(monkeypatch)
+    per_step: dict[int, list[str]] = {}
+    original_step = loop.Trainer.train_step
+
+    def unarmed(batches):  # data loading runs on the CPU (workers=0: in this process); it is not a device sync
+        while True:
+            spy.armed = False
+            try:
+                batch = next(batches)
+            finally:
+                spy.armed = True
+            yield batch
+
+    def train_step(self, batches):
+        spy.armed, spy.calls = True, []
+        try:
+            return original_step(self, unarmed(batches))
+        finally:
+            spy.armed = False
+            per_step[self.progress.global_step] = (spy.calls, self.log_this_step)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", train_step)
+    result = train(tiny_config(tmp_path, epochs=1, print_freq=3, synthetic_train_size=32, clip_grad_value=1.0))
+    assert result.global_step == 8
+    log_steps = [step for step, (_, logged) in per_step.items() if logged]
+    assert log_steps == [3, 6, 8]  # every print_freq steps and the epoch's last
+    assert all(calls == [] for calls, logged in per_step.values() if not logged), per_step
+    assert all(calls for calls, logged in per_step.values() if logged)  # the spy does see the log-step reads
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 9))  # still one line per step
+    assert all(isinstance(r["loss"], float) and isinstance(r["grad_norm"], float) for r in rows)
 
 
 def _fixture_model_values(cfg: dict) -> dict:

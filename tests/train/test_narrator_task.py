@@ -6,7 +6,7 @@ import pickle
 
 import torch
 
-from lavila.config import load_config
+from lavila.train.config import load_config
 from lavila.narrate.tiny import build_tiny_tokenizer, tiny_narrator_config
 from lavila.train.tasks.narrator import NarratorTask
 
@@ -32,12 +32,12 @@ def _config(tmp_path, media_dir, **extra):
             "tokenizer": str(tmp_path / "tok.json"), "video_chunk_len": -1, "video_fps": -1,
             "random_init_gpt2": True, "batch_size": 2, "epochs": 1, "fix_lr": True, "lr": 1e-3, "workers": 0,
             "disable_amp": True, "clip_grad_value": 1.0, "device": "cpu", "plot": False, "progress": False, **extra}
-    return load_config(None, base=base)
+    return load_config(None, defaults=base)
 
 
 def test_vclm_models_default_to_the_narrator_task(tmp_path, media_dir) -> None:
     cfg = _config(tmp_path, media_dir)
-    assert cfg.task == "narrator" and cfg.task_cfg.freeze_lm_vclm and cfg.task_cfg.gated_xattn
+    assert cfg.task == "narrator" and cfg.freeze_lm_vclm and cfg.gated_xattn
 
 
 def test_train_two_steps_then_narrate_with_the_checkpoint(tmp_path, media_dir) -> None:

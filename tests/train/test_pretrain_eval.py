@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lavila.cli import main as cli_main
-from lavila.config import ConfigError, load_config
+from lavila.config import ConfigError
+from lavila.train.config import load_config
 from lavila.train.loop import train
 from lavila.train.state import load_checkpoint_file
 from tests.benchmark_files import write_ek100
@@ -115,10 +116,10 @@ def test_missing_files_fail_at_config_time_naming_the_key(tmp_path, data):
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("pretrain_*.yaml")))
 def test_recipes_are_off_by_default_and_one_flag_turns_the_reference_check_on(name, data):
     cfg = load_config(CONFIGS / name)
-    assert cfg.task_cfg.eval_ek100_mir_metadata == ""  # pre-training must not need EK-100 on disk
-    assert cfg.task_cfg.eval_ek100_mir_root == "datasets/EK100/video_ht256px/"  # the reference's folder
+    assert cfg.eval_ek100_mir_metadata == ""  # pre-training must not need EK-100 on disk
+    assert cfg.eval_ek100_mir_root == "datasets/EK100/video_ht256px/"  # the reference's folder
     assert REFERENCE_CSV in (CONFIGS / name).read_text()  # the line to enable it, shown in the recipe
     ek = data["ek"]
     on = load_config(CONFIGS / name, ["--eval-ek100-mir-metadata", str(ek["mir_csv"]),
                                       "--eval-ek100-mir-root", str(ek["root"])])
-    assert on.task_cfg.eval_ek100_mir_metadata == str(ek["mir_csv"]) and on.task_cfg.eval_batch_size == 16
+    assert on.eval_ek100_mir_metadata == str(ek["mir_csv"]) and on.eval_batch_size == 16
