@@ -487,7 +487,10 @@ def _normalize(argv: Sequence[str], cls: type, where: Where, out: _Tokens) -> _T
         if implied is not None:
             if eq:
                 raise ConfigError(f"{name} takes no value (it means {key.flag} {implied})")
-            out.args += [key.flag, implied]
+            if key.is_switch and not (key.optional or key.required):
+                out.args.append(key.flag if implied.strip().lower() in _TRUE else "--no-" + key.flag[2:])
+            else:
+                out.args += [key.flag, implied]
             out.raw[key.name] = [implied]
             continue
         values = [inline] if eq else []

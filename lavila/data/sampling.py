@@ -298,3 +298,23 @@ __all__ = [
     "video_loader",
     "video_loader_by_frames",
 ]
+
+
+def window_bounds(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
+    """The one video-window planner (``lavila index``, ``lavila narrate``): ``(start, end)`` seconds.
+
+    Full windows ``[k*stride, k*stride + window]`` that fit in the video, plus one window aligned to the video's end
+    when the tail is not covered, so every window has the length the model was trained on; a video shorter than one
+    window gives one window over all of it. Starts are ``k * stride`` (no accumulated float error), rounded to 1 us.
+    """
+    if window <= 0 or stride <= 0:
+        raise ValueError(f"window ({window}) and stride ({stride}) must be positive")
+    if duration <= 0:
+        return []
+    if duration <= window:
+        return [(0.0, round(duration, 6))]
+    count = int(math.floor((duration - window) / stride + 1e-6)) + 1
+    starts = [k * stride for k in range(count)]
+    if starts[-1] + window < duration - 1e-6:  # cover the tail with one window aligned to the end
+        starts.append(duration - window)
+    return [(round(s, 6), round(min(s + window, duration), 6)) for s in starts]

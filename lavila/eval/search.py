@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import shutil
 import sys
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import torch
 from lavila.atomic import atomic_target, remove_stale_temps
 from lavila.data.benchmarks import SegmentDataset, SegmentSampling, VideoSegment
 from lavila.data.decode import VideoDecodeError, open_video
+from lavila.data.sampling import window_bounds
 from lavila.eval.cache import EmbeddingCache, digest, file_fingerprint, items_digest
 from lavila.eval.embed import effective_precision, embed_dataset, encode_texts, l2_normalize, resolve_device
 from lavila.failpoints import failpoint
@@ -54,26 +54,6 @@ def find_videos(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-
-
-def window_bounds(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
-    """``[start, min(start + window, duration))`` every `stride` seconds from 0 while ``start < duration``.
-
-    The last window may be shorter than `window`; a video shorter than one window gives one window over all of it.
-    Starts are computed as ``k * stride`` (no accumulated float error).
-    """
-    if window <= 0 or stride <= 0:
-        raise ValueError(f"window ({window}) and stride ({stride}) must be positive")
-    if duration <= 0:
-        return []
-    count = max(1, math.ceil(duration / stride - 1e-9))
-    out = []
-    for k in range(count):
-        start = k * stride
-        if start >= duration:
-            break
-        out.append((round(start, 6), round(min(start + window, duration), 6)))
-    return out
 
 
 def plan_windows(folder: Path, window: float, stride: float) -> tuple[list[Window], list[dict[str, str]]]:

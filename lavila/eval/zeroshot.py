@@ -13,20 +13,20 @@ a rerun only tokenises text and recomputes metrics. Under ``torchrun`` the clip 
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+from tyro.conf import Positional
 
 from lavila import dist
 from lavila.atomic import atomic_write_text
+from lavila.config import option
 from lavila.data.benchmarks import (
     EK100MIR,
     ClassificationSet,
@@ -43,6 +43,7 @@ from lavila.data.benchmarks import (
     read_egomcq,
     read_ek100_mir,
 )
+from lavila.errors import LavilaError
 from lavila.eval import metrics
 from lavila.eval.cache import EmbeddingCache, default_cache_dir, digest, file_fingerprint, items_digest
 from lavila.eval.embed import (
@@ -56,7 +57,8 @@ from lavila.eval.embed import (
 from lavila.models import ModelConfig, create_model, model_transforms
 from lavila.models.factory import get_model_config
 
-BENCHMARKS = ("ek100_mir", "ek100_cls", "charades_ego", "egtea", "egomcq")
+Benchmark = Literal["ek100_mir", "ek100_cls", "charades_ego", "egtea", "egomcq"]
+BENCHMARKS: tuple[str, ...] = get_args(Benchmark)
 TEMPLATES_DEFAULT = ["{}"]
 TEMPLATES_EGO = ["#C C {}", "#C {}"]  # the reference's --cls-use-template
 
@@ -167,7 +169,7 @@ def mir_benchmark(mir: EK100MIR) -> BenchmarkData:
     return BenchmarkData(segs, mir=mir)
 
 
-def load_benchmark(name: str, args: argparse.Namespace) -> BenchmarkData:
+def load_benchmark(name: str, args: EvalJob) -> BenchmarkData:
     meta = Path(args.metadata)
     limit = args.limit
     if name == "ek100_mir":
@@ -329,7 +331,7 @@ def score_finetuned_ek100(view_logits: np.ndarray, head_sizes: list[int], cls: C
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def resolve_protocol(args: argparse.Namespace, kind: str) -> Protocol:
+def resolve_protocol(args: EvalJob, kind: str) -> Protocol:
     base = ZERO_SHOT_PROTOCOLS[args.benchmark]
     if kind == "classifier":
         if args.benchmark not in FINETUNED_CLASSIFIER_PROTOCOLS:
@@ -345,7 +347,7 @@ def resolve_protocol(args: argparse.Namespace, kind: str) -> Protocol:
     return replace(base, **changes)
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(args: EvalJob) -> dict[str, Any]:
     """Run one benchmark; returns the result record (also written to ``--output`` by :func:`run`)."""
     info = dist.init_distributed() if dist.world_info_from_env().distributed else dist.DistInfo()
     device = resolve_device(args.device)
@@ -443,56 +445,66 @@ def format_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def default_output(args: argparse.Namespace) -> Path:
+def default_output(args: EvalJob) -> Path:
     stem = Path(args.checkpoint).stem
     frames = f"_{args.clip_length}f" if args.clip_length else ""
     return Path("eval_results") / stem / f"{args.benchmark}{frames}.json"
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("benchmark", choices=BENCHMARKS)
-    parser.add_argument("--checkpoint", required=True, help="dual-encoder or fine-tuned classifier checkpoint")
-    parser.add_argument("--metadata", required=True,
-                        help="evaluation annotation file: EPIC_100_retrieval_test.csv / EPIC_100_validation.csv / "
-                             "CharadesEgo_v1_test_only1st.csv / test_split1.txt / egomcq.json")
-    parser.add_argument("--root", required=True, help="video folder of the benchmark")
-    parser.add_argument("--model", default=None, help="model name when the checkpoint does not record it")
-    g = parser.add_argument_group("annotation files (default: next to --metadata)")
-    g.add_argument("--sentences", default=None, help="EK-100 MIR *_sentence.csv")
-    g.add_argument("--relevancy", default=None, help="EK-100 MIR relevancy pickle")
-    g.add_argument("--train-metadata", default=None, help="EK-100 CLS: EPIC_100_train.csv (for the label space)")
-    g.add_argument("--classes", default=None, help="Charades_v1_classes.txt / EGTEA action_idx.txt")
-    p = parser.add_argument_group("protocol (default: the reference's for the benchmark)")
-    p.add_argument("--clip-length", type=int, default=None, help="frames per clip (EK-100 MIR: 4 or 16)")
-    p.add_argument("--clip-stride", type=int, default=None)
-    p.add_argument("--num-clips", type=int, default=None)
-    p.add_argument("--num-crops", type=int, default=None, choices=[1, 3, 6])
-    p.add_argument("--sparse-sample", action=argparse.BooleanOptionalAction, default=None,
-                   help="Charades-Ego: sparse over the whole video (default) or dense strided windows")
-    p.add_argument("--view-pool", choices=["max", "mean"], default=None)
-    p.add_argument("--score", choices=["cosine", "softmax"], default="cosine",
-                   help="single-view class scores: raw cosine (zero-shot) or softmax (fine-tuned Charades-Ego)")
-    p.add_argument("--cls-use-template", action="store_true", help="class prompts '#C C {}' and '#C {}'")
-    r = parser.add_argument_group("running")
-    r.add_argument("--batch-size", type=int, default=16)
-    r.add_argument("--workers", type=int, default=4)
-    r.add_argument("--device", default="auto")
-    r.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="auto = bf16 autocast on CUDA, fp32 on CPU")
-    r.add_argument("--limit", type=int, default=None, help="only the first N items (smoke tests)")
-    r.add_argument("--cache-dir", default=None, help="embedding cache (default $LAVILA_CACHE_DIR or ~/.cache/lavila)")
-    r.add_argument("--no-cache", action="store_true")
-    r.add_argument("--bpe-path", default=None, help="CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)")
-    r.add_argument("--tokenizer", default=None, help="HF tokenizer name or folder for DistilBERT models")
-    r.add_argument("--output", default=None, help="result JSON (default eval_results/<ckpt>/<benchmark>.json)")
+@dataclass
+class EvalJob:
+    """Zero-shot (or fine-tuned classifier) evaluation of one checkpoint on one benchmark.
+
+    The protocol keys (``clip_length`` ... ``view_pool``) default to the reference's for the benchmark
+    (:data:`ZERO_SHOT_PROTOCOLS`, :data:`FINETUNED_CLASSIFIER_PROTOCOLS`); setting one overrides that field only.
+    """
+
+    benchmark: Positional[Benchmark] = option(help="which benchmark")
+    checkpoint: str = option(help="dual-encoder or fine-tuned classifier checkpoint")
+    metadata: str = option(help="evaluation annotation file: EPIC_100_retrieval_test.csv / EPIC_100_validation.csv / "
+                                "CharadesEgo_v1_test_only1st.csv / test_split1.txt / egomcq.json")
+    root: str = option(help="video folder of the benchmark")
+    model: str | None = option(None, "model name when the checkpoint does not record it")
+    # annotation files (default: next to --metadata)
+    sentences: str | None = option(None, "EK-100 MIR *_sentence.csv (default: next to --metadata)")
+    relevancy: str | None = option(None, "EK-100 MIR relevancy pickle (default: next to --metadata)")
+    train_metadata: str | None = option(None, "EK-100 CLS: EPIC_100_train.csv, for the label space (default: next "
+                                              "to --metadata)")
+    classes: str | None = option(None, "Charades_v1_classes.txt / EGTEA action_idx.txt (default: next to "
+                                       "--metadata)")
+    # protocol overrides
+    clip_length: int | None = option(None, "frames per clip (EK-100 MIR: 4 or 16)", positive=True)
+    clip_stride: int | None = option(None, "frame stride of dense windows", positive=True)
+    num_clips: int | None = option(None, "temporal views per item", positive=True)
+    num_crops: Literal[1, 3, 6] | None = option(None, "spatial views per item")
+    sparse_sample: bool | None = option(None, "Charades-Ego: sparse over the whole video (--sparse-sample, the "
+                                              "default) or dense strided windows (--no-sparse-sample)")
+    view_pool: Literal["max", "mean"] | None = option(None, "how views are pooled")
+    score: Literal["cosine", "softmax"] = option(
+        "cosine", "single-view class scores: raw cosine (zero-shot) or softmax (fine-tuned Charades-Ego)")
+    cls_use_template: bool = option(False, "class prompts '#C C {}' and '#C {}'")
+    # running
+    batch_size: int = option(16, "clips per batch", positive=True)
+    workers: int = option(4, "decoding processes", min=0, aliases=("-j",))
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU")
+    limit: int | None = option(None, "only the first N items (smoke tests)", positive=True)
+    cache_dir: str | None = option(None, "embedding cache (default $LAVILA_CACHE_DIR or ~/.cache/lavila)")
+    cache: bool = option(True, "reuse/store video embeddings in the cache (--no-cache: always recompute)")
+    bpe_path: str | None = option(None, "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)")
+    tokenizer: str | None = option(None, "HF tokenizer name or folder for DistilBERT models")
+    output: str | None = option(None, "result JSON (default eval_results/<ckpt>/<benchmark>.json)")
+
+    @property
+    def no_cache(self) -> bool:
+        return not self.cache
 
 
-def run(args: argparse.Namespace) -> int:
+def run_eval(args: EvalJob) -> int:
     try:
         record = evaluate(args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"lavila eval: {err}", file=sys.stderr)
-        return 2
+        raise LavilaError(str(err), exit_code=2) from err
     try:
         if dist.get_rank() != 0:
             return 0
@@ -516,17 +528,17 @@ def _json_default(o: Any) -> Any:
 
 __all__ = [
     "BENCHMARKS",
+    "EvalJob",
     "FINETUNED_CLASSIFIER_PROTOCOLS",
     "Protocol",
     "ZERO_SHOT_PROTOCOLS",
     "class_text_embeddings",
-    "configure_parser",
     "evaluate",
     "load_eval_model",
     "mir_zero_shot",
     "pool_views",
     "restrict_mir",
-    "run",
+    "run_eval",
     "score_classification",
     "score_mir",
 ]

@@ -24,7 +24,7 @@ row, so that row has no EOS and its last word is cut by ``decode_one``; we appen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,8 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+from lavila.config import option
 
 PAD_ID = 0  # the narrator's pad id (GPT-2's "!"), as in the reference tokeniser
 
@@ -55,16 +57,17 @@ CACHE_KWARG = _cache_kwarg()
 class GenerationConfig:
     """Decoding settings. Defaults are the reference inference defaults (``main_infer_narrator.py``)."""
 
-    strategy: str = "sample"  # "sample" (multinomial) | "greedy" | "beam"
-    max_len: int = 77  # total length including BOS: at most max_len - 1 new tokens
-    temperature: float = 0.7
-    top_k: int | None = None
-    top_p: float | None = 0.95
-    num_return_sequences: int = 10
-    early_stopping: bool = False
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    use_cache: bool = True
+    strategy: Literal["sample", "greedy", "beam"] = option("sample", "sample (multinomial), greedy or beam search")
+    max_len: int = option(77, "max caption length in tokens, BOS included (at most max_len - 1 new tokens)")
+    temperature: float = option(0.7, "sampling temperature")
+    top_k: int | None = option(None, "top-k sampling (None or 0 = off)")
+    top_p: float | None = option(0.95, "nucleus sampling threshold (None = off)")
+    num_return_sequences: int = option(10, "captions per clip")
+    early_stopping: bool = option(False, "stop once every sequence emitted EOS", aliases=("--early-stop",))
+    num_beams: int = option(1, "beams (strategy beam)")
+    length_penalty: float = option(1.0, "beam-search length penalty")
+    use_cache: bool = option(True, "KV cache; --no-cache recomputes the whole prefix each step (reference speed)",
+                             aliases=("--no-cache",))
 
     def validate(self) -> None:
         if self.strategy not in ("sample", "greedy", "beam"):

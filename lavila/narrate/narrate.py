@@ -4,7 +4,7 @@ Metadata mode (the reference's ``main_infer_narrator.py``)::
 
     lavila narrate --metadata ego4d_train.pkl --checkpoint vclm.pth --output-dir out/ [--use-half]
     torchrun --nproc_per_node=8 -m lavila.cli narrate --metadata ... --output-dir out/      # one node, 8 GPUs
-    lavila narrate --metadata ... --output-dir out/ --submitit --nodes 4 --gpus-per-node 8  # SLURM
+    lavila narrate --metadata ... --output-dir out/ --submitit --nodes 4 --gpus-per-node 8  # SLURM (launcher)
 
 Rank ``r`` of ``W`` narrates rows ``r, r+W, ...``; results go to small atomic part files (``lavila.narrate.shards``)
 so an interrupted or pre-empted run resumes where it stopped by rerunning the same command. When every row is done
@@ -23,7 +23,6 @@ with scores) and ``<video>.srt`` (the most confident candidate, i.e. the lowest 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -31,12 +30,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.contrib.logging import logging_redirect_tqdm
+from tyro.conf import Positional
 
+from lavila.config import ConfigError, Where, option
+from lavila.errors import LavilaError
 from lavila.narrate.generate import GenerationConfig, decode_one, generate
 from lavila.narrate.shards import ShardedOutput, batched
 
@@ -75,15 +77,8 @@ def narrate_batch(model: Any, tokenizer: Any, video: torch.Tensor, gen: Generati
     return [(texts[b * R:(b + 1) * R], scores[b * R:(b + 1) * R]) for b in range(video.shape[0])]
 
 
-def generation_config_from_args(args: argparse.Namespace) -> GenerationConfig:
-    return GenerationConfig(
-        strategy=args.strategy, max_len=args.max_len, temperature=args.temperature, top_k=args.top_k or None,
-        top_p=args.top_p, num_return_sequences=args.num_return_sequences, early_stopping=args.early_stop,
-        num_beams=args.num_beams, length_penalty=args.length_penalty, use_cache=not args.no_cache,
-    )
-
-
-def _load_model(args: argparse.Namespace, device: torch.device):
+def _load_model(args: Any, device: torch.device):
+    """The narrator of ``args.checkpoint`` (any job with checkpoint, tokenizer, num_frames, use_half)."""
     from lavila.narrate.loading import load_narrator
 
     model, tokenizer, _ = load_narrator(args.checkpoint, device, tokenizer=args.tokenizer,
@@ -145,26 +140,56 @@ def _file_sha1(path: Path) -> str:
 
 @dataclass
 class NarrateJob:
-    """Everything a metadata narration job needs (picklable, so submitit can ship it to SLURM tasks)."""
+    """Narrate a metadata file (pseudo-labels) or your own videos (dense captions) with a narrator checkpoint.
 
-    metadata: str
-    checkpoint: str
-    output_dir: str
-    video_root: str = DEFAULT_VIDEO_ROOT
-    chunk_len: int = 300
-    fps: float = 30
-    num_frames: int | None = None
-    tokenizer: str | None = None
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    batch_size: int = 64
-    num_workers: int = 4
-    part_size: int = 256
-    use_half: bool = False
-    device: str | None = None
-    seed: int = 0
-    overwrite: bool = False
-    limit: int | None = None  # stop after this many clips in this run (the job stays resumable)
-    output_name: str | None = None
+    Everything a narration job needs (picklable, so submitit can ship it to SLURM tasks); ``lavila narrate`` fills
+    it from the command line (``generation`` keys are flags without prefix: ``--num-return-sequences 10``).
+    """
+
+    checkpoint: str = option(help="narrator checkpoint (ours or a released VCLM .pth)")
+    metadata: str | None = option(None, "metadata .pkl/.parquet of clips to narrate (metadata mode)")
+    output_dir: str | None = option(None, "metadata mode: parts + merged output; video mode: .json/.srt files")
+    videos: Positional[list[str]] = option(default_factory=list, help="video files to caption densely (video mode)")
+    video_root: str = option(DEFAULT_VIDEO_ROOT, "Ego4D chunk root (metadata mode)")
+    chunk_len: int = option(300, "chunk seconds; -1 = <root>/<uid>.mp4 whole files")
+    fps: float = option(30, "frame rate of the chunks; -1 = read from the file")
+    num_frames: int | None = option(None, "frames per clip (default: the checkpoint's)", positive=True)
+    tokenizer: str | None = option(None, "local GPT-2 tokenizer folder (default: embedded or the HF hub name)")
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # decoding: the reference's defaults
+    batch_size: int = option(64, "clips per forward pass", positive=True)
+    num_workers: int = option(4, "decoding processes", min=0)
+    part_size: int = option(256, "clips per atomic part file (work lost on a crash)", positive=True)
+    use_half: bool = option(False, "fp16 model and frames (GPU)")
+    device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)")
+    seed: int = option(0, "sampling seed")
+    overwrite: bool = option(False, "discard parts of a different earlier job in --output-dir")
+    limit: int | None = option(None, "narrate at most this many clips in this run, then stop (resumable)",
+                               positive=True)
+    output_name: str | None = option(None, "stem of the merged files (default <metadata>.narrator.return_<R>)")
+    # video mode
+    window: float = option(2.0, "video mode: window length in seconds", positive=True)
+    stride: float = option(1.0, "video mode: seconds between window starts", positive=True)
+    # SLURM via submitit (metadata mode)
+    launcher: Literal["local", "submitit"] = option(
+        "local", "local = run here (or under torchrun); submitit = submit to SLURM", aliases=("--submitit=submitit",
+                                                                                             "--submit=submitit"))
+    cluster: Literal["slurm", "local", "debug"] | None = option(
+        None, "submitit cluster: slurm (default when available), local, debug")
+    nodes: int = option(1, "SLURM nodes", positive=True)
+    gpus_per_node: int = option(8, "SLURM GPUs (= tasks) per node", positive=True)
+    partition: str | None = option(None, "SLURM partition")
+    timeout_min: int = option(60 * 24, "SLURM time limit in minutes", positive=True)
+    slurm_folder: str = option("submitit_logs/%j", "submitit logs ('%j' = job id)")
+
+    def validate(self, where: Where) -> None:
+        if bool(self.metadata) == bool(self.videos):
+            raise ConfigError("give either --metadata (with --output-dir) or video files, not both/neither")
+        if self.metadata and not self.output_dir:
+            raise ConfigError(f"{where('output_dir')}: --metadata needs --output-dir")
+        try:
+            self.generation.validate()
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
 
     def merged_paths(self, out_dir: Path) -> tuple[Path, Path]:
         stem = self.output_name or f"{Path(self.metadata).stem}.narrator.return_{self.generation.num_return_sequences}"
@@ -200,8 +225,7 @@ def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int |
     summary: dict[str, Any] = {"rank": rank, "world_size": world_size, "total": len(rows), "narrated": 0,
                                "failed": 0, "pending_at_start": len(pending), "merged": None}
     if pending:
-        model, tokenizer = _load_model(argparse.Namespace(checkpoint=job.checkpoint, tokenizer=job.tokenizer,
-                                                          num_frames=job.num_frames, use_half=job.use_half), device)
+        model, tokenizer = _load_model(job, device)
         dataset = ClipDataset(rows, pending, job.video_root, clip_transform(model), model.config.vision.num_frames,
                               job.chunk_len, job.fps)
         loader = DataLoader(dataset, batch_size=job.batch_size, num_workers=job.num_workers, collate_fn=_collate,
@@ -262,19 +286,19 @@ def merge_outputs(job: NarrateJob, shards: ShardedOutput) -> tuple[tuple[Path, P
     return (pkl, parquet, fail_path), len(rows), len(failures)
 
 
-def _submit(job: NarrateJob, args: argparse.Namespace) -> int:
+def _submit(job: NarrateJob) -> int:
     import submitit
 
-    executor = submitit.AutoExecutor(folder=args.slurm_folder, cluster=args.cluster)
-    params: dict[str, Any] = {"timeout_min": args.timeout_min, "name": "lavila-narrate"}
+    executor = submitit.AutoExecutor(folder=job.slurm_folder, cluster=job.cluster)
+    params: dict[str, Any] = {"timeout_min": job.timeout_min, "name": "lavila-narrate"}
     if executor.cluster == "slurm":
-        params.update(nodes=args.nodes, tasks_per_node=args.gpus_per_node, gpus_per_node=args.gpus_per_node,
-                      cpus_per_task=args.num_workers + 1, mem_gb=55 * args.gpus_per_node)
-        if args.partition:
-            params["slurm_partition"] = args.partition
+        params.update(nodes=job.nodes, tasks_per_node=job.gpus_per_node, gpus_per_node=job.gpus_per_node,
+                      cpus_per_task=job.num_workers + 1, mem_gb=55 * job.gpus_per_node)
+        if job.partition:
+            params["slurm_partition"] = job.partition
     executor.update_parameters(**params)
     submitted = executor.submit(_SubmititTask(job))
-    print(f"submitted job {submitted.job_id}; logs in {args.slurm_folder}")
+    print(f"submitted job {submitted.job_id}; logs in {job.slurm_folder}")
     if executor.cluster == "debug":
         print(json.dumps(submitted.result()))
     return 0
@@ -313,22 +337,10 @@ def sliding_windows(num_frames_video: int, fps: float, window: float, stride: fl
     """Windows ``[k*stride, k*stride + window]`` that fit in the video, plus one window ending at the video's end if
     the tail is not covered (a single shorter window if the whole video is shorter); each is read as
     ``clip_length`` segment-midpoint frames, the training sampler (``get_frame_ids``)."""
-    from lavila.data.sampling import get_frame_ids
+    from lavila.data.sampling import get_frame_ids, window_bounds
 
-    if window <= 0 or stride <= 0:
-        raise ValueError(f"--window and --stride must be positive, got {window} and {stride}")
-    duration = num_frames_video / fps
-    if duration <= window:
-        starts = [0.0]
-    else:
-        starts = []
-        while len(starts) * stride + window <= duration + 1e-6:
-            starts.append(len(starts) * stride)
-        if starts[-1] + window < duration - 1e-6:  # cover the tail with one window aligned to the end
-            starts.append(duration - window)
     out: list[Window] = []
-    for start in starts:
-        end = min(start + window, duration)
+    for start, end in window_bounds(num_frames_video / fps, window, stride):
         a = min(int(round(start * fps)), num_frames_video - 1)
         b = max(min(int(round(end * fps)), num_frames_video), a + 1)
         ids = [min(i, num_frames_video - 1) for i in get_frame_ids(a, b, clip_length)]
@@ -388,12 +400,12 @@ def narrate_video(path: Path, model: Any, tokenizer: Any, gen: GenerationConfig,
             "stride": stride, "windows": out}
 
 
-def run_videos(args: argparse.Namespace) -> int:
+def run_videos(args: NarrateJob) -> int:
     from lavila.atomic import atomic_write_text, remove_stale_temps
 
     device = pick_device(args.device)
     model, tokenizer = _load_model(args, device)
-    gen = generation_config_from_args(args)
+    gen = args.generation
     out_dir = Path(args.output_dir or ".")
     remove_stale_temps(out_dir, [f"{Path(v).stem}.{ext}" for v in args.videos for ext in ("json", "srt")])
     failed = 0
@@ -421,81 +433,14 @@ def run_videos(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------- CLI
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("videos", nargs="*", help="video files to caption densely (video mode)")
-    parser.add_argument("--checkpoint", required=True, help="narrator checkpoint (ours or a released VCLM .pth)")
-    parser.add_argument("--metadata", help="metadata .pkl/.parquet of clips to narrate (metadata mode)")
-    parser.add_argument("--output-dir", help="metadata mode: parts + merged output; video mode: .json/.srt files")
-    parser.add_argument("--output-name", help="stem of the merged files (default <metadata>.narrator.return_<R>)")
-    parser.add_argument("--tokenizer", help="local GPT-2 tokenizer folder (default: embedded or the HF hub name)")
-    parser.add_argument("--video-root", default=DEFAULT_VIDEO_ROOT, help="Ego4D chunk root (metadata mode)")
-    parser.add_argument("--chunk-len", type=int, default=300, help="chunk seconds; -1 = <root>/<uid>.mp4 whole files")
-    parser.add_argument("--fps", type=float, default=30, help="frame rate of the chunks; -1 = read from the file")
-    parser.add_argument("--num-frames", type=int, help="frames per clip (default: the checkpoint's)")
-    g = parser.add_argument_group("decoding (defaults: the reference's inference settings)")
-    g.add_argument("--strategy", choices=["sample", "greedy", "beam"], default="sample")
-    g.add_argument("--num-return-sequences", type=int, default=10)
-    g.add_argument("--temperature", type=float, default=0.7)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--top-k", type=int, default=0, help="0 = off")
-    g.add_argument("--max-len", type=int, default=77, help="max caption length in tokens, BOS included")
-    g.add_argument("--early-stop", action="store_true", help="stop once every sequence emitted EOS")
-    g.add_argument("--num-beams", type=int, default=1)
-    g.add_argument("--length-penalty", type=float, default=1.0)
-    g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix each step (reference speed)")
-    g.add_argument("--seed", type=int, default=0)
-    r = parser.add_argument_group("running")
-    r.add_argument("--batch-size", type=int, default=64, help="clips per forward pass")
-    r.add_argument("--num-workers", type=int, default=4, help="decoding processes")
-    r.add_argument("--part-size", type=int, default=256, help="clips per atomic part file (work lost on a crash)")
-    r.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)")
-    r.add_argument("--use-half", action="store_true", help="fp16 model and frames (GPU)")
-    r.add_argument("--overwrite", action="store_true", help="discard parts of a different earlier job in --output-dir")
-    r.add_argument("--limit", type=int, help="narrate at most this many clips in this run, then stop (resumable)")
-    v = parser.add_argument_group("video mode")
-    v.add_argument("--window", type=float, default=2.0, help="window length in seconds")
-    v.add_argument("--stride", type=float, default=1.0, help="seconds between window starts")
-    s = parser.add_argument_group("SLURM via submitit (metadata mode)")
-    s.add_argument("--submitit", action="store_true", help="submit to SLURM instead of running here")
-    s.add_argument("--cluster", default=None, help="submitit cluster: slurm (default when available), local, debug")
-    s.add_argument("--nodes", type=int, default=1)
-    s.add_argument("--gpus-per-node", type=int, default=8)
-    s.add_argument("--partition", help="SLURM partition")
-    s.add_argument("--timeout-min", type=int, default=60 * 24)
-    s.add_argument("--slurm-folder", default="submitit_logs/%j")
-
-
-def job_from_args(args: argparse.Namespace) -> NarrateJob:
-    return NarrateJob(
-        metadata=args.metadata, checkpoint=args.checkpoint, output_dir=args.output_dir, video_root=args.video_root,
-        chunk_len=args.chunk_len, fps=args.fps, num_frames=args.num_frames, tokenizer=args.tokenizer,
-        generation=generation_config_from_args(args), batch_size=args.batch_size, num_workers=args.num_workers,
-        part_size=args.part_size, use_half=args.use_half, device=args.device, seed=args.seed,
-        overwrite=args.overwrite, limit=args.limit, output_name=args.output_name,
-    )
-
-
-def run(args: argparse.Namespace) -> int:
+def run_narrate(job: NarrateJob) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not Path(args.checkpoint).is_file():
-        print(f"narrate: checkpoint not found: {args.checkpoint}", file=sys.stderr)
-        return 2
-    if bool(args.metadata) == bool(args.videos):
-        print("narrate: give either --metadata (with --output-dir) or video files, not both/neither", file=sys.stderr)
-        return 2
-    try:
-        generation_config_from_args(args).validate()
-    except ValueError as err:
-        print(f"narrate: {err}", file=sys.stderr)
-        return 2
-    if args.videos:
-        return run_videos(args)
-    if not args.output_dir:
-        print("narrate: --metadata needs --output-dir", file=sys.stderr)
-        return 2
-    job = job_from_args(args)
-    if args.submitit:
-        return _submit(job, args)
+    if not Path(job.checkpoint).is_file():
+        raise LavilaError(f"checkpoint not found: {job.checkpoint}", exit_code=2)
+    if job.videos:
+        return run_videos(job)
+    if job.launcher == "submitit":
+        return _submit(job)
     summary = narrate_metadata(job)
     print(json.dumps(summary))
     if summary["merged"]:

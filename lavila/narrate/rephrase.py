@@ -21,20 +21,21 @@ Resumable and atomic through :mod:`lavila.narrate.shards` (parts in ``<output>.p
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
 import string
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lavila.atomic import remove_stale_temps
+from lavila.config import ConfigError, Where, option
+from lavila.errors import LavilaError
 from lavila.narrate.shards import ShardedOutput, batched
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,18 @@ def strip_punctuation(text: str) -> str:
 
 @dataclass
 class RephraseSettings:
-    model: str = DEFAULT_MODEL
-    prompt: str = PROMPT
-    num_return_sequences: int = 3
-    top_k: int = 120
-    top_p: float = 0.95
-    temperature: float = 1.0
-    max_new_tokens: int = 64
-    max_input_tokens: int = 128
-    no_punkt: bool = True
-    include_original: bool = False
-    seed: int = 0
+    model: str = option(DEFAULT_MODEL, "T5 paraphraser: HF hub name or local folder")
+    prompt: str = option(PROMPT, "input template; {text} is the narration")
+    num_return_sequences: int = option(3, "paraphrases generated per narration", positive=True)
+    top_k: int = option(120, "top-k sampling", min=0)
+    top_p: float = option(0.95, "nucleus sampling threshold", positive=True)
+    temperature: float = option(1.0, "sampling temperature", positive=True)
+    max_new_tokens: int = option(64, "max tokens per paraphrase", positive=True)
+    max_input_tokens: int = option(128, "narrations are truncated to this many tokens", positive=True)
+    no_punkt: bool = option(True, "strip punctuation from the outputs (--keep-punctuation keeps it)",
+                            aliases=("--keep-punctuation=false",))
+    include_original: bool = option(False, "put the human narration first in each list")
+    seed: int = option(0, "sampling seed")
 
 
 def clean_outputs(original: str, outputs: list[str], settings: RephraseSettings) -> list[str]:
@@ -160,49 +162,38 @@ def rephrase_metadata(metadata: str | Path, output: str | Path, settings: Rephra
     return summary
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    d = RephraseSettings()
-    parser.add_argument("--metadata", required=True, help="human narrations (.pkl or .parquet, 4-tuples)")
-    parser.add_argument("--output", required=True, type=Path, help="output .pkl or .parquet")
-    parser.add_argument("--model", default=d.model, help="T5 paraphraser: HF hub name or local folder")
-    parser.add_argument("--prompt", default=d.prompt, help="input template; {text} is the narration")
-    parser.add_argument("--num-return-sequences", type=int, default=d.num_return_sequences)
-    parser.add_argument("--top-k", type=int, default=d.top_k)
-    parser.add_argument("--top-p", type=float, default=d.top_p)
-    parser.add_argument("--temperature", type=float, default=d.temperature)
-    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    parser.add_argument("--keep-punctuation", action="store_true", help="do not strip punctuation (no_punkt off)")
-    parser.add_argument("--include-original", action="store_true", help="put the human narration first in each list")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--part-size", type=int, default=1024, help="rows per atomic part file")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    parser.add_argument("--limit", type=int, help="rephrase at most this many rows in this run (resumable)")
-    parser.add_argument("--overwrite", action="store_true", help="discard parts of a different earlier job")
+@dataclass
+class RephraseJob:
+    """Paraphrase human narrations with a T5 rephraser, resumably (parts in ``<output>.parts/``)."""
+
+    metadata: str = option(help="human narrations (.pkl or .parquet, 4-tuples)")
+    output: Path = option(help="output .pkl or .parquet")
+    settings: RephraseSettings = field(default_factory=RephraseSettings)  # model, prompt and decoding flags
+    batch_size: int = option(32, "narrations per generate() call", positive=True)
+    part_size: int = option(1024, "rows per atomic part file", positive=True)
+    device: str | None = option(None, "cpu, cuda, ... (default: cuda if available)")
+    limit: int | None = option(None, "rephrase at most this many rows in this run (resumable)", positive=True)
+    overwrite: bool = option(False, "discard parts of a different earlier job")
+
+    def validate(self, where: Where) -> None:
+        if "{text}" not in self.settings.prompt:
+            raise ConfigError(f"{where('prompt')}: must contain {{text}}")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_rephrase(job: RephraseJob) -> int:
     from lavila.dist import world_info_from_env
     from lavila.narrate.narrate import pick_device
     from lavila.narrate.shards import ShardError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = RephraseSettings(model=args.model, prompt=args.prompt, num_return_sequences=args.num_return_sequences,
-                                top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                                max_new_tokens=args.max_new_tokens, no_punkt=not args.keep_punctuation,
-                                include_original=args.include_original, seed=args.seed)
-    if "{text}" not in settings.prompt:
-        print("rephrase: --prompt must contain {text}", file=sys.stderr)
-        return 2
     info = world_info_from_env()
     try:
-        summary = rephrase_metadata(args.metadata, args.output, settings, device=pick_device(args.device,
-                                    info.local_rank), batch_size=args.batch_size, part_size=args.part_size,
-                                    limit=args.limit, overwrite=args.overwrite, progress=info.rank == 0,
+        summary = rephrase_metadata(job.metadata, job.output, job.settings, device=pick_device(job.device,
+                                    info.local_rank), batch_size=job.batch_size, part_size=job.part_size,
+                                    limit=job.limit, overwrite=job.overwrite, progress=info.rank == 0,
                                     rank=info.rank, world_size=info.world_size)
     except (OSError, ValueError, ShardError) as err:
-        print(f"rephrase: {err}", file=sys.stderr)
-        return 2
+        raise LavilaError(str(err), exit_code=2) from err
     print(json.dumps(summary))
     if not summary["written"]:
         print("not all rows are done yet: rerun the same command to continue", file=sys.stderr)

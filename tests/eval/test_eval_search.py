@@ -11,14 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from lavila.cli import main as cli_main
-from lavila.eval.search import load_index, search, window_bounds
+from lavila.data.sampling import window_bounds
+from lavila.eval.search import load_index, search
 
 
 def test_window_bounds():
-    assert window_bounds(5.0, 2.0, 2.0) == [(0.0, 2.0), (2.0, 4.0), (4.0, 5.0)]
+    """One planner for index and narrate: full windows, the tail covered by one window aligned to the end."""
+    assert window_bounds(5.0, 2.0, 2.0) == [(0.0, 2.0), (2.0, 4.0), (3.0, 5.0)]
     assert window_bounds(0.1, 2.0, 2.0) == [(0.0, 0.1)]  # shorter than a window: one window over all of it
-    assert window_bounds(3.0, 2.0, 1.0) == [(0.0, 2.0), (1.0, 3.0), (2.0, 3.0)]
+    assert window_bounds(3.0, 2.0, 1.0) == [(0.0, 2.0), (1.0, 3.0)]
     assert window_bounds(4.0, 2.0, 2.0) == [(0.0, 2.0), (2.0, 4.0)]  # no empty window at the very end
+    assert window_bounds(5.5, 2.0, 1.5) == [(0.0, 2.0), (1.5, 3.5), (3.0, 5.0), (3.5, 5.5)]
     with pytest.raises(ValueError):
         window_bounds(3.0, 0.0, 1.0)
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -124,7 +125,11 @@ def test_non_finite_loss_between_log_steps_keeps_the_last_checkpoint(tmp_path):
 
 
 class SyncSpy:
-    """Counts host reads of tensor values (what waits for the GPU on CUDA) while armed."""
+    """Counts host reads of tensor values (what waits for the GPU on CUDA) while armed.
+
+    torch.optim's own reads of each parameter's step counter are left out: that counter lives on the CPU even in a
+    GPU run (non-capturable optimisers), so reading it waits for nothing.
+    """
 
     def __init__(self, monkeypatch):
         self.calls: list[str] = []
@@ -133,7 +138,8 @@ class SyncSpy:
             original = getattr(torch.Tensor, name)
 
             def spy(tensor, *args, _name=name, _original=original, **kwargs):
-                if self.armed:
+                caller = sys._getframe(1).f_code
+                if self.armed and not (caller.co_name == "_get_value" and "torch/optim" in caller.co_filename):
                     self.calls.append(_name)
                 return _original(tensor, *args, **kwargs)
 
