@@ -26,12 +26,13 @@ REFERENCE_S = {("train", False): 8.64, ("train", True): 8.41, ("encode", False):
 def run_one(cfg: dict) -> dict:
     import torch
 
+    from lavila.dist import resolve_device
     from lavila.models import create_model
     from lavila.models.losses import CLIPLoss
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
-    device = torch.device(cfg["device"])
+    device = resolve_device(cfg["device"])
     overrides = dict(num_frames=cfg["frames"], norm_embed=True)
     if cfg["tiny"]:
         overrides.update(img_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=4,

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lavila.dist import resolve_device  # noqa: E402
 from lavila.models import create_model  # noqa: E402
 from lavila.narrate.generate import GenerationConfig, generate  # noqa: E402
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-recompute", action="store_true", help="skip the slow reference-style path")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     model, size = build(args.tiny, device, args.use_half)
     dtype = next(model.parameters()).dtype

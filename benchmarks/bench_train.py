@@ -81,13 +81,14 @@ def main() -> int:
 
     from lavila.config import build_config
     from lavila.data.synthetic import synthetic_tokenizer
+    from lavila.dist import resolve_device
     from lavila.train.optim import build_optimizer, clamp_logit_scale
     from lavila.train.state import ResumableDistributedSampler, SeededDataset
     from lavila.train.tasks import make_task
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     overrides = dict(TINY) if args.tiny else {}
     values = {"model": args.model, "model_overrides": overrides, "pretrained": False, "norm_embed": True,
               "contrastive_use_vissl": True, "freeze_temperature": True, "clip_length": args.frames,

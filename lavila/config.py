@@ -237,12 +237,13 @@ def _type_name(tp: Any) -> str:
     tp, _ = _strip_annotated(tp)
     origin = typing.get_origin(tp)
     if _is_union(tp):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is typing.Literal:
-        return "|".join(str(a) for a in typing.get_args(tp))
+        return "{" + ",".join(str(a) for a in typing.get_args(tp)) + "}"
     if origin is not None:
-        return str(tp).replace("typing.", "")
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+        args = ", ".join("..." if a is Ellipsis else _type_name(a) for a in typing.get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
@@ -603,6 +604,9 @@ def parse(cls: type[T], argv: Sequence[str] = (), *, prog: str = "lavila", yaml_
     flag_sources: dict[str, str] = {}
 
     def where(key: str) -> str:
+        k = config_keys(cls).get(key)
+        if k is not None and k.positional and key not in sources:
+            return f"argument {k.flag}"
         return f"key {key!r} ({flag_sources.get(key) or sources.get(key, 'default')})"
 
     tokens = _normalize(argv, cls, where, _Tokens([], flag_sources, {}))
@@ -655,7 +659,8 @@ def _run_tyro(cls: type[T], tokens: _Tokens, prog: str, default: Any, where: Whe
         key = key_of(getattr(event, "argument", None))
         at = f"{where(key)}: " if key else ""
         if kind == "InvalidChoice":
-            raise ConfigError(f"{at}{event.value!r} is not one of {', '.join(map(str, event.choices))}")
+            choices = _choices(keys[key].type) if key else None
+            raise ConfigError(f"{at}{event.value!r} is not one of {', '.join(map(str, choices or event.choices))}")
         if kind == "BadValue" and key:
             nargs = getattr(getattr(event.argument, "lowered", None), "nargs", None)
             raise ConfigError(f"{at}expected {nargs} values ({_type_name(keys[key].type)}), got "
@@ -681,6 +686,11 @@ def _run_tyro(cls: type[T], tokens: _Tokens, prog: str, default: Any, where: Whe
             raise
         except (TypeError, ValueError) as err:  # raised by the dataclass itself (e.g. __post_init__)
             raise ConfigError(str(err)) from err
+
+
+def _choices(tp: Any) -> tuple[Any, ...] | None:
+    tp = _strip_optional(_strip_annotated(tp)[0])
+    return typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
 
 
 def _takes_many(tp: Any) -> bool:

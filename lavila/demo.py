@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lavila.config import option
+from lavila.dist import resolve_device
 from lavila.models import get_config
 
 # Tiny model: ~0.6 M parameters, about 0.1 s per step of 32 clips on 2 CPU threads.
@@ -33,6 +34,7 @@ DEMO_MODEL = "CLIP_OPENAI_TIMESFORMER_BASE"
 DEMO_OVERRIDES = {"img_size": 32, "patch_size": 8, "vision_width": 96, "vision_layers": 3, "vision_heads": 4,
                   "text_width": 64, "text_layers": 2, "text_heads": 4}
 GROUP = 24  # held-out combinations; every retrieval group has 24 clips with 24 distinct captions
+DEMO_DEVICE = "cpu"  # a laptop demo: training and evaluation both run on the CPU threads given
 
 
 def demo_values(output_dir: str, steps: int, seed: int, batch_size: int, workers: int, epochs: int = 4,
@@ -65,7 +67,7 @@ def demo_values(output_dir: str, steps: int, seed: int, batch_size: int, workers
         "eval_in_middle_freq": max(steps // eval_points, 1),
         "eval_at_start": True,
         "save_freq": epochs,
-        "device": "cpu",
+        "device": DEMO_DEVICE,
     }
 
 
@@ -99,7 +101,7 @@ def evaluate_splits(model: torch.nn.Module, task: Any, groups: int, seed: int) -
     val_indices = [g * len(seen) + int(i) for g in range(groups) for i in rng.permutation(len(seen))[:GROUP]]
     from torch.utils.data import Subset
 
-    device = torch.device("cpu")
+    device = resolve_device(DEMO_DEVICE)
     return {"held-out combinations": grouped_retrieval(model, heldout, GROUP, device),
             "held-out clips (seen combinations)": grouped_retrieval(model, Subset(val, val_indices), GROUP, device)}
 
@@ -158,7 +160,7 @@ def examples(model: torch.nn.Module, task: Any, seed: int, n: int = 4) -> list[t
 
     data = SyntheticEgoClips("heldout", GROUP, seed=seed + 2000, num_frames=4, img_size=DEMO_OVERRIDES["img_size"],
                              tokenizer=task.tokenizer, preprocess=get_config(DEMO_MODEL).preprocess)
-    video, text = embed_dataset(model, data, torch.device("cpu"))
+    video, text = embed_dataset(model, data, resolve_device(DEMO_DEVICE))
     top = (text @ video.T).argmax(dim=1)
     return [(data.combo(i).caption(), data.combo(int(top[i])).caption()) for i in range(0, GROUP, GROUP // n)][:n]
 

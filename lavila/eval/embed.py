@@ -40,14 +40,6 @@ class EmbedResult:
         return mask
 
 
-def resolve_device(device: str | None = None) -> torch.device:
-    if device and device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", dist.world_info_from_env().local_rank)
-    return torch.device("cpu")
-
-
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA by default (``auto``), plain fp32 on CPU; ``fp32``/``bf16``/``fp16`` force a mode."""
     if precision == "auto":

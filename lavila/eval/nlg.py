@@ -18,18 +18,20 @@ reference's quirk: the cross-entropy of the *human* caption's tokens conditioned
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import logging
 import shutil
-import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lavila.config import option
+from lavila.errors import LavilaError
 
 log = logging.getLogger(__name__)
 
@@ -165,35 +167,39 @@ def load_bert_tokenizer(name_or_path: str) -> Any:
                       f"folder with --bert-tokenizer ({err})") from err
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="narrator checkpoint")
-    parser.add_argument("--metadata", required=True, help="validation metadata with human narrations (ego4d_val.pkl)")
-    parser.add_argument("--video-root", default="datasets/Ego4D/video_5min_chunks_288px/")
-    parser.add_argument("--chunk-len", type=int, default=300, help="-1 = <root>/<uid>.mp4 whole files")
-    parser.add_argument("--fps", type=float, default=30, help="-1 = read from the file")
-    parser.add_argument("--subsample", type=int, default=10000, help="evaluate every N-th row (reference: 10000)")
-    parser.add_argument("--tokenizer", help="GPT-2 tokenizer (folder, HF name or .json); default: the checkpoint's")
-    parser.add_argument("--bert-tokenizer", default="bert-base-uncased", help="BERT-uncased tokenizer name or folder")
-    parser.add_argument("--num-frames", type=int)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-workers", type=int, default=4)
-    parser.add_argument("--num-return-sequences", type=int, default=1)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--max-len", type=int, default=77)
-    parser.add_argument("--early-stop", action="store_true")
-    parser.add_argument("--seed", type=int, default=0, help="the reference is unseeded; we seed for repeatability")
-    parser.add_argument("--device")
-    parser.add_argument("--use-half", action="store_true")
-    parser.add_argument("--output", type=Path, default=Path("caption.txt"), help="per-clip captions + summary")
-    parser.add_argument("--metrics-json", type=Path, help="also write the metrics as JSON here")
+@dataclass
+class NarratorEvalJob:
+    """BLEU/METEOR/ROUGE-L/CIDEr of a narrator's captions against human narrations (the reference's protocol)."""
+
+    checkpoint: str = option(help="narrator checkpoint")
+    metadata: str = option(help="validation metadata with human narrations (ego4d_val.pkl)")
+    video_root: str = option("datasets/Ego4D/video_5min_chunks_288px/", "Ego4D chunk root")
+    chunk_len: int = option(300, "chunk seconds; -1 = <root>/<uid>.mp4 whole files")
+    fps: float = option(30, "frame rate of the chunks; -1 = read from the file")
+    subsample: int = option(10000, "evaluate every N-th row (reference: 10000)", positive=True)
+    tokenizer: str | None = option(None, "GPT-2 tokenizer (folder, HF name or .json); default: the checkpoint's")
+    bert_tokenizer: str = option("bert-base-uncased", "BERT-uncased tokenizer name or folder")
+    num_frames: int | None = option(None, "frames per clip (default: the checkpoint's)", positive=True)
+    batch_size: int = option(16, "clips per forward pass", positive=True)
+    num_workers: int = option(4, "decoding processes", min=0)
+    num_return_sequences: int = option(1, "captions sampled per clip", positive=True)
+    temperature: float = option(0.7, "sampling temperature", positive=True)
+    top_p: float = option(0.95, "nucleus sampling threshold", positive=True)
+    top_k: int = option(0, "top-k sampling (0 = off)", min=0)
+    max_len: int = option(77, "max caption length in tokens, BOS included", positive=True)
+    early_stop: bool = option(False, "stop once every sequence emitted EOS")
+    seed: int = option(0, "sampling seed (the reference is unseeded; we seed for repeatability)")
+    device: str | None = option(None, "cpu, cuda, ... (default: cuda if available)")
+    use_half: bool = option(False, "fp16 model and frames (GPU)")
+    output: Path = option(Path("caption.txt"), "per-clip captions + summary")
+    metrics_json: Path | None = option(None, "also write the metrics as JSON here")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_eval_narrator(args: NarratorEvalJob) -> int:
     from lavila.data.metadata import load_metadata
+    from lavila.dist import resolve_device
     from lavila.narrate.generate import GenerationConfig
-    from lavila.narrate.narrate import _load_model, pick_device
+    from lavila.narrate.narrate import _load_model
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -201,9 +207,8 @@ def run(args: argparse.Namespace) -> int:
         bert = load_bert_tokenizer(args.bert_tokenizer)
         rows = load_metadata(args.metadata)[:: args.subsample]
     except (ImportError, OSError, ValueError) as err:
-        print(f"eval-narrator: {err}", file=sys.stderr)
-        return 2
-    device = pick_device(args.device)
+        raise LavilaError(str(err), exit_code=2) from err
+    device = resolve_device(args.device)
     model, tokenizer = _load_model(args, device)
     gen = GenerationConfig(strategy="sample", max_len=args.max_len, temperature=args.temperature,
                            top_k=args.top_k or None, top_p=args.top_p, num_return_sequences=args.num_return_sequences,
@@ -222,4 +227,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["METRIC_NAMES", "bert_normalize", "compute_nlg_metrics", "evaluate_narrator"]
+__all__ = ["METRIC_NAMES", "NarratorEvalJob", "bert_normalize", "compute_nlg_metrics", "evaluate_narrator"]

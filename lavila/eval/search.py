@@ -16,24 +16,27 @@ code (a pickled index — this module's format 1 — is refused, never unpickled
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from tyro.conf import Positional
 
 from lavila.atomic import atomic_target, remove_stale_temps
+from lavila.config import option
 from lavila.data.benchmarks import SegmentDataset, SegmentSampling, VideoSegment
 from lavila.data.decode import VideoDecodeError, open_video
 from lavila.data.sampling import window_bounds
+from lavila.dist import resolve_device
+from lavila.errors import LavilaError
 from lavila.eval.cache import EmbeddingCache, digest, file_fingerprint, items_digest
-from lavila.eval.embed import effective_precision, embed_dataset, encode_texts, l2_normalize, resolve_device
+from lavila.eval.embed import effective_precision, embed_dataset, encode_texts, l2_normalize
 from lavila.failpoints import failpoint
 from lavila.models import model_transforms
 
@@ -91,7 +94,7 @@ def _fmt_time(seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_index(args: argparse.Namespace) -> dict[str, Any]:
+def build_index(args: IndexJob) -> dict[str, Any]:
     from lavila.eval.zeroshot import load_eval_model
 
     folder = Path(args.video_dir).resolve()
@@ -153,28 +156,32 @@ def save_index(index: dict[str, Any], out: str | Path) -> None:
         save_file({"embeddings": index["embeddings"].float().contiguous()}, str(tmp), metadata=header)
 
 
-def configure_index_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("video_dir", help="folder of videos (searched recursively)")
-    parser.add_argument("--checkpoint", required=True, help="dual-encoder checkpoint")
-    parser.add_argument("--out", required=True, help="index file to write")
-    parser.add_argument("--model", default=None, help="model name when the checkpoint does not record it")
-    parser.add_argument("--window", type=float, default=2.0, help="window length in seconds")
-    parser.add_argument("--stride", type=float, default=None, help="seconds between window starts (default: window)")
-    parser.add_argument("--frames", type=int, default=4, help="frames per window")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+@dataclass
+class IndexJob:
+    """Embed sliding windows of a folder of videos with a dual encoder, for ``lavila search``."""
+
+    video_dir: Positional[str] = option(help="folder of videos (searched recursively)")
+    checkpoint: str = option(help="dual-encoder checkpoint")
+    out: str = option(help="index file to write")
+    model: str | None = option(None, "model name when the checkpoint does not record it")
+    window: float = option(2.0, "window length in seconds", positive=True)
+    stride: float | None = option(None, "seconds between window starts (default: window)", positive=True)
+    frames: int = option(4, "frames per window", positive=True)
+    batch_size: int = option(16, "windows per batch", positive=True)
+    workers: int = option(2, "decoding processes", min=0, aliases=("-j",))
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU")
+
+    def __post_init__(self) -> None:
+        if self.stride is None:
+            self.stride = self.window
 
 
-def run_index(args: argparse.Namespace) -> int:
-    if args.stride is None:
-        args.stride = args.window
+def run_index(args: IndexJob) -> int:
     try:
         index = build_index(args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"lavila index: {err}", file=sys.stderr)
-        return 2
+        raise LavilaError(str(err), exit_code=2) from err
     print(f"indexed {len(index['windows'])} windows of {len(index['videos_indexed'])} videos -> {args.out}; "
           f"skipped {len(index['skipped_videos'])} unreadable files and {len(index['failed_windows'])} windows "
           "that failed to decode")
@@ -218,19 +225,22 @@ def search(index: dict[str, Any], query_embedding: np.ndarray, top_k: int = 5) -
     return [{"rank": r + 1, "score": float(scores[i]), **index["windows"][i]} for r, i in enumerate(order)]
 
 
-def configure_search_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("query", help="what to look for, e.g. 'someone kneads dough'")
-    parser.add_argument("--index", required=True, help="file written by `lavila index`")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--checkpoint", default=None, help="text encoder (default: the checkpoint the index records)")
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--bpe-path", default=None, help="CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)")
-    parser.add_argument("--tokenizer", default=None, help="HF tokenizer name or folder for DistilBERT models")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+@dataclass
+class SearchJob:
+    """Search an index built by ``lavila index`` with free text; prints the best windows and their times."""
+
+    query: Positional[str] = option(help="what to look for, e.g. 'someone kneads dough'")
+    index: str = option(help="file written by `lavila index`")
+    top_k: int = option(5, "how many windows to show", positive=True)
+    checkpoint: str | None = option(None, "text encoder (default: the checkpoint the index records)")
+    model: str | None = option(None, "model name when the checkpoint does not record it")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    bpe_path: str | None = option(None, "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)")
+    tokenizer: str | None = option(None, "HF tokenizer name or folder for DistilBERT models")
+    json: bool = option(False, "print the results as JSON")
 
 
-def run_search(args: argparse.Namespace) -> int:
+def run_search(args: SearchJob) -> int:
     from lavila.eval.zeroshot import _tokenizer, load_eval_model
 
     try:
@@ -238,8 +248,7 @@ def run_search(args: argparse.Namespace) -> int:
         ckpt = args.checkpoint or index["checkpoint"]
         loaded = load_eval_model(ckpt, index["protocol"]["frames"], args.model)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"lavila search: {err}", file=sys.stderr)
-        return 2
+        raise LavilaError(str(err), exit_code=2) from err
     device = resolve_device(args.device)
     model = loaded.model.to(device)
     q = encode_texts(model, _tokenizer(loaded.config, args), [args.query], device=device)[0]
@@ -253,7 +262,3 @@ def run_search(args: argparse.Namespace) -> int:
               f"{h['video']}")
     return 0
 
-
-# `lavila.cli` resolves configure_<verb>_parser / run_<verb>; these keep `python -m`-style callers working too.
-configure_parser = configure_index_parser
-run = run_index

@@ -52,7 +52,6 @@ from lavila.eval.embed import (
     embed_dataset,
     encode_texts,
     l2_normalize,
-    resolve_device,
 )
 from lavila.models import ModelConfig, create_model, model_transforms
 from lavila.models.factory import get_model_config
@@ -350,7 +349,7 @@ def resolve_protocol(args: EvalJob, kind: str) -> Protocol:
 def evaluate(args: EvalJob) -> dict[str, Any]:
     """Run one benchmark; returns the result record (also written to ``--output`` by :func:`run`)."""
     info = dist.init_distributed() if dist.world_info_from_env().distributed else dist.DistInfo()
-    device = resolve_device(args.device)
+    device = dist.resolve_device(args.device)
     kind = get_model_config(args.checkpoint, arch=args.model).kind
     protocol = resolve_protocol(args, kind)
     loaded = load_eval_model(args.checkpoint, protocol.clip_length, args.model)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lavila.models.config import ModelConfig, apply_overrides
-from lavila.models.registry import get_config, row_from_dict
+from lavila.models.registry import MODEL_CONFIGS, get_config, row_from_dict
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -221,14 +221,17 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], arch: str | None = None, **o
     if not name:
         raise CheckpointError("checkpoint has neither 'model_config' nor 'args.model': cannot tell which model it "
                               "is; pass --model NAME")
+    if str(name) not in MODEL_CONFIGS:
+        raise CheckpointError(f"args.model={name!r} is not a registry model (`lavila models` lists them); pass --model")
+    is_narrator = MODEL_CONFIGS[str(name)].kind == "vclm"
     kw: dict[str, Any] = {}
-    if a.get("project_embed_dim") is not None:
+    if a.get("project_embed_dim") is not None and not is_narrator:
         kw["embed_dim"] = a["project_embed_dim"]
     if a.get("clip_length") is not None:
         kw["num_frames"] = a["clip_length"]
-    if a.get("norm_embed") is not None and not str(name).startswith("VCLM"):
+    if a.get("norm_embed") is not None and not is_narrator:
         kw["norm_embed"] = bool(a["norm_embed"])
-    if "gated_xattn" in a and str(name).startswith("VCLM"):
+    if "gated_xattn" in a and is_narrator:
         kw["gated_xattn"] = bool(a["gated_xattn"])
     if heads:
         kw.update(kind="classifier", num_classes=tuple(heads), dropout=float(a.get("dropout_rate", 0.0) or 0.0))

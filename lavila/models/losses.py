@@ -216,11 +216,3 @@ class MaxMarginRankingLoss(nn.Module):
             hinge = hinge[torch.cat([off_diag, off_diag])]
         loss = hinge.mean()
         return {"loss": loss, "max_margin_loss": loss}
-
-
-LOSSES = {
-    "clip": CLIPLoss,
-    "ssl_clip": SSLCLIPLoss,
-    "caption": CaptionLoss,
-    "max_margin": MaxMarginRankingLoss,
-}

@@ -2,12 +2,11 @@
 
 A row is frozen data (open_clip style): the visual tower, the text tower and the head. Overrides given to
 :func:`create_model` replace fields by name, which is how tests build tiny random models of the same family and how
-a user changes the frame count or projection size. The ``lavila models`` verb prints this table.
+a user changes the frame count or projection size. The ``lavila models`` verb (``lavila.cli``) prints this table.
 """
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from lavila.models.config import (
@@ -88,22 +87,3 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
 def row_from_dict(d: dict[str, Any]) -> ModelConfig:
     """A saved row (``config.json`` or a checkpoint's ``model_config``), completed from the registry when older."""
     return config_from_dict(d, defaults=MODEL_CONFIGS.get(str(d.get("name"))))
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", choices=["dual_encoder", "vclm"], help="only list this kind")
-
-
-def run(args: argparse.Namespace) -> int:
-    header = f"{'name':<52} {'kind':<12} {'img':>4} {'patch':>5} {'width':>5} {'depth':>5} {'text':<10} " \
-             f"{'text_w':>6} {'xattn_freq':>10}"
-    print(header)
-    print("-" * len(header))
-    for cfg in MODEL_CONFIGS.values():
-        if args.kind and cfg.kind != args.kind:
-            continue
-        v, t = cfg.vision, cfg.text
-        freq = str(cfg.cross_attn_freq) if cfg.kind == "vclm" else "-"
-        print(f"{cfg.name:<52} {cfg.kind:<12} {v.img_size:>4} {v.patch_size:>5} {v.width:>5} {v.layers:>5} "
-              f"{t.kind:<10} {t.width:>6} {freq:>10}")
-    return 0

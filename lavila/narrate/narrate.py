@@ -38,6 +38,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from tyro.conf import Positional
 
 from lavila.config import ConfigError, Where, option
+from lavila.dist import resolve_device
 from lavila.errors import LavilaError
 from lavila.narrate.generate import GenerationConfig, decode_one, generate
 from lavila.narrate.shards import ShardedOutput, batched
@@ -49,14 +50,6 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeEr
 
 
 # --------------------------------------------------------------------------------------------------- shared helpers
-def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def clip_transform(model: Any):
     """The model row's eval transform (Resize -> CenterCrop -> Normalize in float), the one every verb uses."""
     from lavila.models import model_transforms
@@ -214,7 +207,7 @@ def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int |
     info = world_info_from_env()
     rank = info.rank if rank is None else rank
     world_size = info.world_size if world_size is None else world_size
-    device = pick_device(job.device, info.local_rank)
+    device = resolve_device(job.device, info.local_rank)
     rows = load_metadata(job.metadata)
     out_dir = Path(job.output_dir)
     shards = ShardedOutput(out_dir, total=len(rows), fingerprint=job.fingerprint())
@@ -287,16 +280,14 @@ def merge_outputs(job: NarrateJob, shards: ShardedOutput) -> tuple[tuple[Path, P
 
 
 def _submit(job: NarrateJob) -> int:
-    import submitit
+    from lavila.train.launch import make_executor  # the one submitit launcher (same local/debug rules as training)
 
-    executor = submitit.AutoExecutor(folder=job.slurm_folder, cluster=job.cluster)
-    params: dict[str, Any] = {"timeout_min": job.timeout_min, "name": "lavila-narrate"}
-    if executor.cluster == "slurm":
-        params.update(nodes=job.nodes, tasks_per_node=job.gpus_per_node, gpus_per_node=job.gpus_per_node,
-                      cpus_per_task=job.num_workers + 1, mem_gb=55 * job.gpus_per_node)
-        if job.partition:
-            params["slurm_partition"] = job.partition
-    executor.update_parameters(**params)
+    params: dict[str, Any] = {"timeout_min": job.timeout_min, "name": "lavila-narrate", "nodes": job.nodes,
+                              "tasks_per_node": job.gpus_per_node, "gpus_per_node": job.gpus_per_node,
+                              "cpus_per_task": job.num_workers + 1, "mem_gb": 55 * job.gpus_per_node}
+    if job.partition:
+        params["slurm_partition"] = job.partition
+    executor = make_executor(job.slurm_folder, job.cluster, params)
     submitted = executor.submit(_SubmititTask(job))
     print(f"submitted job {submitted.job_id}; logs in {job.slurm_folder}")
     if executor.cluster == "debug":
@@ -315,9 +306,11 @@ class _SubmititTask:
 
         try:
             env = submitit.JobEnvironment()
-            return narrate_metadata(self.job, env.global_rank, env.num_tasks)
         except RuntimeError:  # not inside a submitit job (debug executor)
             return narrate_metadata(self.job)
+        if env.num_tasks > 1:  # RANK/LOCAL_RANK for every task, SLURM or local: one GPU per task
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        return narrate_metadata(self.job, env.global_rank, env.num_tasks)
 
     def checkpoint(self) -> Any:
         import submitit
@@ -403,7 +396,7 @@ def narrate_video(path: Path, model: Any, tokenizer: Any, gen: GenerationConfig,
 def run_videos(args: NarrateJob) -> int:
     from lavila.atomic import atomic_write_text, remove_stale_temps
 
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     model, tokenizer = _load_model(args, device)
     gen = args.generation
     out_dir = Path(args.output_dir or ".")

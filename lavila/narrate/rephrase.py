@@ -181,14 +181,13 @@ class RephraseJob:
 
 
 def run_rephrase(job: RephraseJob) -> int:
-    from lavila.dist import world_info_from_env
-    from lavila.narrate.narrate import pick_device
+    from lavila.dist import resolve_device, world_info_from_env
     from lavila.narrate.shards import ShardError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     info = world_info_from_env()
     try:
-        summary = rephrase_metadata(job.metadata, job.output, job.settings, device=pick_device(job.device,
+        summary = rephrase_metadata(job.metadata, job.output, job.settings, device=resolve_device(job.device,
                                     info.local_rank), batch_size=job.batch_size, part_size=job.part_size,
                                     limit=job.limit, overwrite=job.overwrite, progress=info.rank == 0,
                                     rank=info.rank, world_size=info.world_size)

@@ -49,20 +49,32 @@ def executor_parameters(cfg: TrainConfig) -> dict[str, Any]:
     return params
 
 
-def build_executor(cfg: TrainConfig) -> Any:
+def make_executor(folder: str, cluster: str | None, params: dict[str, Any], *,
+                  slurm_max_num_timeout: int | None = None) -> Any:
+    """The one submitit executor every job type (training, narration) is submitted with.
+
+    `params` are ``AutoExecutor.update_parameters`` keys describing the SLURM job; ``cluster`` None auto-detects.
+    ``local`` (processes on this machine) and ``debug`` (in-process) run the same path without SLURM: one node,
+    and for ``local`` at most the GPUs this machine has.
+    """
     import submitit
 
-    executor = submitit.AutoExecutor(folder=job_folder(cfg), cluster=cfg.cluster,
-                                     slurm_max_num_timeout=cfg.slurm_max_num_timeout)
-    params = executor_parameters(cfg)
-    if executor.cluster != "slurm":  # local/debug: one node, no GPUs on a CPU machine
+    extra = {} if slurm_max_num_timeout is None else {"slurm_max_num_timeout": slurm_max_num_timeout}
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **extra)
+    params = dict(params)
+    if executor.cluster != "slurm":
         params["nodes"] = 1
-        if executor.cluster == "local":
+        if executor.cluster == "local" and "gpus_per_node" in params:
             import torch
 
-            params["gpus_per_node"] = min(cfg.ngpus, torch.cuda.device_count())
+            params["gpus_per_node"] = min(params["gpus_per_node"], torch.cuda.device_count())
     executor.update_parameters(**params)
     return executor
+
+
+def build_executor(cfg: TrainConfig) -> Any:
+    return make_executor(job_folder(cfg), cfg.cluster, executor_parameters(cfg),
+                         slurm_max_num_timeout=cfg.slurm_max_num_timeout)
 
 
 class Trainer:

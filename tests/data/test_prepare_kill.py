@@ -28,18 +28,30 @@ from tests.failpoint_helpers import (
     wait_until,
 )
 
-EXPECTED_POINTS = {"prepare.video_start", "prepare.chunk_encoded", "prepare.chunk_renamed", "atomic.tmp_written",
-                   "atomic.before_rename", "atomic.after_rename"}
 REPORT = "prepare_report.json"
+# One kill per (point, detail) at its first pass, and at the last pass of the manifest (the "complete" write of the
+# last video); `test_the_kill_plan_covers_every_fail_point` keeps this list equal to what a real run passes.
+ATOMIC = ("atomic.tmp_written", "atomic.before_rename", "atomic.after_rename")
+PLAN = [
+    "prepare.video_start@a.mp4=1",
+    "prepare.chunk_encoded@a.mp4/0.mp4=1",
+    "prepare.chunk_renamed@a.mp4/0.mp4=1",
+    *(f"{p}@manifest.json=1" for p in ATOMIC),
+    "prepare.chunk_encoded@a.mp4/1.mp4=1",
+    "prepare.chunk_renamed@a.mp4/1.mp4=1",
+    "prepare.video_start@b.mp4=1",
+    "prepare.chunk_encoded@b.mp4/0.mp4=1",
+    "prepare.chunk_renamed@b.mp4/0.mp4=1",
+    *(f"{p}@{REPORT}=1" for p in ATOMIC),
+    *(f"{p}@manifest.json=5" for p in ATOMIC),
+]
 
 
-@pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    """a: 45 frames (two 1-s chunks), b: 20 frames (one), c: 30 frames (one): tiny, so a run takes a second."""
-    src = tmp_path_factory.mktemp("src")
-    for name, n in (("a", 45), ("b", 20), ("c", 30)):
-        write_synthetic_video(src / f"{name}.mp4", n, fps=30, height=32, width=48, gop=15)
-    return src
+def _write_sources(folder, lengths: dict[str, int]):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in lengths.items():
+        write_synthetic_video(folder / f"{name}.mp4", n, fps=30, height=32, width=48, gop=15)
+    return folder
 
 
 def _args(src, dst, workers: int = 1) -> list[str]:
@@ -56,34 +68,54 @@ def _videos(dst) -> list[tuple]:
     return [(v["uid"], v["failed"], v["chunks"]) for v in report["videos"]]
 
 
+def _reference(src, base, workers: int = 1) -> dict:
+    """An uninterrupted run: its outputs, its report's videos and its fail-point trace."""
+    trace = base / "trace"
+    proc = run_cli(_args(src, base / "dst", workers), trace=trace)
+    assert proc.returncode == 0, proc.stderr
+    return {"outputs": _outputs(base / "dst"), "videos": _videos(base / "dst"), "trace": read_trace(trace)}
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """a: 45 frames (two 1-s chunks), b: 20 frames (one): tiny, so a run takes about a second."""
+    return _write_sources(tmp_path_factory.mktemp("src"), {"a": 45, "b": 20})
+
+
 @pytest.fixture(scope="module")
 def reference(sources, tmp_path_factory):
-    """An uninterrupted run: its outputs, its report's videos and its fail-point trace."""
-    base = tmp_path_factory.mktemp("reference")
-    trace = base / "trace"
-    proc = run_cli(_args(sources, base / "dst"), trace=trace)
-    assert proc.returncode == 0, proc.stderr
-    outputs = _outputs(base / "dst")
-    assert sum(name.endswith("/manifest.json") for name in outputs) == 3 and len(outputs) == 7  # 4 chunks
-    return {"outputs": outputs, "videos": _videos(base / "dst"), "trace": read_trace(trace)}
+    ref = _reference(sources, tmp_path_factory.mktemp("reference"))
+    assert sum(name.endswith("/manifest.json") for name in ref["outputs"]) == 2 and len(ref["outputs"]) == 5
+    return ref
 
 
-def test_every_fail_point_is_exercised(reference):
-    assert point_names(reference["trace"]) == EXPECTED_POINTS
+def test_the_kill_plan_covers_every_fail_point(reference):
+    assert point_names(reference["trace"]) == {"prepare.video_start", "prepare.chunk_encoded",
+                                               "prepare.chunk_renamed", *ATOMIC}
+    assert sorted(kill_plan(reference["trace"])) == sorted(PLAN)
 
 
-def test_killed_at_each_fail_point_then_rerun_equals_an_uninterrupted_run(sources, reference, tmp_path):
-    plan = kill_plan(reference["trace"])
-    assert len(plan) >= 15
-    for i, term in enumerate(plan):
-        dst = tmp_path / f"run{i}"
-        killed = run_cli(_args(sources, dst), failpoints=term)
-        assert killed.returncode == KILLED, (term, killed.stderr)
-        rerun = run_cli(_args(sources, dst))
-        assert rerun.returncode == 0, (term, rerun.stderr)
-        assert _outputs(dst) == reference["outputs"], term  # every chunk and manifest, identical bytes
-        assert _videos(dst) == reference["videos"], term
-        assert not leftover_temps(dst), (term, leftover_temps(dst))
+@pytest.mark.parametrize("term", PLAN)
+def test_killed_at_a_fail_point_then_rerun_equals_an_uninterrupted_run(sources, reference, tmp_path, term):
+    dst = tmp_path / "dst"
+    killed = run_cli(_args(sources, dst), failpoints=term)
+    assert killed.returncode == KILLED, killed.stderr
+    rerun = run_cli(_args(sources, dst))
+    assert rerun.returncode == 0, rerun.stderr
+    assert _outputs(dst) == reference["outputs"]  # every chunk and manifest, identical bytes, nothing extra
+    assert _videos(dst) == reference["videos"]
+    assert not leftover_temps(dst), leftover_temps(dst)
+
+
+@pytest.fixture(scope="module")
+def sources3(tmp_path_factory):
+    """Three videos for two workers: while one worker is held on b, the other goes on with a and c."""
+    return _write_sources(tmp_path_factory.mktemp("src3"), {"a": 45, "b": 20, "c": 30})
+
+
+@pytest.fixture(scope="module")
+def reference3(sources3, tmp_path_factory):
+    return _reference(sources3, tmp_path_factory.mktemp("reference3"), workers=2)
 
 
 def _wait_for_pass(trace, point: str, detail: str, timeout: float = 60) -> int:
@@ -98,10 +130,10 @@ def _wait_for_pass(trace, point: str, detail: str, timeout: float = 60) -> int:
     return found[0]
 
 
-def test_a_worker_killed_by_sigkill_fails_its_video_only_and_the_job_reports_it(sources, reference, tmp_path):
+def test_a_worker_killed_by_sigkill_fails_its_video_only_and_the_job_reports_it(sources3, reference3, tmp_path):
     dst, trace = tmp_path / "dst", tmp_path / "trace"
     # the worker that takes b.mp4 stops there, so the test can kill it mid-video, as the OOM killer would
-    proc = start_cli(_args(sources, dst, workers=2), failpoints="prepare.video_start@b.mp4=1:sleep(60)", trace=trace)
+    proc = start_cli(_args(sources3, dst, workers=2), failpoints="prepare.video_start@b.mp4=1:sleep(60)", trace=trace)
     try:
         worker = _wait_for_pass(trace, "prepare.video_start", "b.mp4")
         assert worker != proc.pid
@@ -117,15 +149,15 @@ def test_a_worker_killed_by_sigkill_fails_its_video_only_and_the_job_reports_it(
     assert set(failed) == {"b"} and "SIGKILL" in failed["b"] and "rerun" in failed["b"]
     assert "FAILED" in err and "b.mp4" in err
 
-    rerun = run_cli(_args(sources, dst, workers=2))
+    rerun = run_cli(_args(sources3, dst, workers=2))
     assert rerun.returncode == 0, rerun.stderr
-    assert _outputs(dst) == reference["outputs"] and _videos(dst) == reference["videos"]
+    assert _outputs(dst) == reference3["outputs"] and _videos(dst) == reference3["videos"]
     assert not leftover_temps(dst)
 
 
-def test_killing_the_parent_stops_its_workers_at_once_and_a_rerun_is_clean(sources, reference, tmp_path):
+def test_killing_the_parent_stops_its_workers_at_once_and_a_rerun_is_clean(sources3, reference3, tmp_path):
     dst, trace = tmp_path / "dst", tmp_path / "trace"
-    proc = start_cli(_args(sources, dst, workers=2), failpoints="prepare.video_start@b.mp4=1:sleep(60)", trace=trace)
+    proc = start_cli(_args(sources3, dst, workers=2), failpoints="prepare.video_start@b.mp4=1:sleep(60)", trace=trace)
     try:
         worker = _wait_for_pass(trace, "prepare.video_start", "b.mp4")
         os.kill(proc.pid, signal.SIGKILL)
@@ -136,7 +168,7 @@ def test_killing_the_parent_stops_its_workers_at_once_and_a_rerun_is_clean(sourc
         assert wait_until(lambda: not any(pid_alive(p) for p in workers), timeout=10)
     finally:
         kill_group(proc)
-    rerun = run_cli(_args(sources, dst, workers=2))
+    rerun = run_cli(_args(sources3, dst, workers=2))
     assert rerun.returncode == 0, rerun.stderr
-    assert _outputs(dst) == reference["outputs"] and _videos(dst) == reference["videos"]
+    assert _outputs(dst) == reference3["outputs"] and _videos(dst) == reference3["videos"]
     assert not leftover_temps(dst)

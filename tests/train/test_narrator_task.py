@@ -6,8 +6,8 @@ import pickle
 
 import torch
 
-from lavila.train.config import load_config
 from lavila.narrate.tiny import build_tiny_tokenizer, tiny_narrator_config
+from lavila.train.config import load_config
 from lavila.train.tasks.narrator import NarratorTask
 
 CLIPS = [
