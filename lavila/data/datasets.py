@@ -33,6 +33,7 @@ from lavila.data.decode import open_video
 from lavila.data.metadata import Row, load_metadata, validate_rows
 from lavila.data.robust import DecodeFailures, ResilientDataset
 from lavila.data.sampling import Decoder, chunk_path, video_loader
+from lavila.data.seeding import reseed_count
 
 Tokenizer = Callable[[str], Any]
 
@@ -101,15 +102,15 @@ class Ego4DClipDataset(Dataset):
         self.decoder = decoder or functools.partial(open_video, backend=backend)  # picklable for spawn workers
         self.seed = seed
         self._rng: np.random.Generator | None = None
-        self._rng_key: tuple[int, int] | None = None
+        self._rng_key: tuple[int, int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     @property
     def rng(self) -> np.random.Generator:
-        key = (os.getpid(), torch.initial_seed())
-        if self._rng is None or self._rng_key != key:  # new worker / new epoch's worker seed
+        key = (os.getpid(), torch.initial_seed(), reseed_count())
+        if self._rng is None or self._rng_key != key:  # new worker / new epoch's worker seed / a reseeded sample
             self._rng, self._rng_key = _per_worker_rng(self.seed), key
         return self._rng
 

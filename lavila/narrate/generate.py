@@ -144,11 +144,17 @@ def generate(
     target: torch.Tensor | None = None,
     teacher_forcing: bool = False,
     generator: torch.Generator | None = None,
+    generators: list[torch.Generator] | None = None,
 ) -> GenerationOutput:
     """Generate ``num_return_sequences`` captions per clip from pooled visual tokens ``[B, Q, E]``.
 
     ``model`` is a :class:`lavila.models.narrator.VCLM` (uses ``text_decoder``, ``bos_token_id``, ``eos_token_id``).
     ``target [B*R, L]`` switches the score to teacher-forced perplexity; ``teacher_forcing`` also conditions on it.
+
+    Sampling randomness: ``generator`` drives one ``torch.multinomial`` over the whole batch (the reference's
+    sampler), so a clip's captions depend on which clips share its batch. ``generators`` (one per clip) makes them
+    depend on that clip's generator only — whatever the batch size, order or device — which is what a resumable,
+    sharded job needs (see :func:`_uniforms_per_clip`). Greedy and beam search ignore both.
     """
     cfg = config or GenerationConfig()
     cfg.validate()
@@ -170,6 +176,10 @@ def generate(
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     warp = logits_warper(cfg.temperature, cfg.top_k, cfg.top_p)
     stepper = _DecoderStepper(model.text_decoder, image_tokens, cfg.use_cache)
+    uniforms = None
+    if generators is not None and cfg.strategy == "sample":
+        uniforms = _uniforms_per_clip(generators, image_tokens.shape[0], max_len - 1, cfg.num_return_sequences,
+                                      device)
     steps = 0
     for i in range(max_len - 1):
         logits = stepper(cond, new_tokens=cond.shape[1] if i == 0 else 1)
@@ -187,13 +197,38 @@ def generate(
             token = logits.argmax(dim=-1, keepdim=True)
         else:
             probs = F.softmax(warp(ids, logits), dim=-1)
-            token = torch.multinomial(probs, num_samples=1, generator=generator)
+            if uniforms is not None:
+                token = _inverse_cdf_sample(probs, uniforms[i])
+            else:
+                token = torch.multinomial(probs, num_samples=1, generator=generator)
         done |= token[:, 0].eq(eos)
         ids = torch.cat([ids, token], dim=1)
         cond = target[:, : i + 2] if teacher_forcing else ids
         if cfg.early_stopping and bool(done.all()):
             break
     return GenerationOutput(ids=ids, scores=torch.exp(score_sum / count), steps=steps)
+
+
+def _uniforms_per_clip(generators: list[torch.Generator], clips: int, steps: int, per_clip: int,
+                       device: torch.device) -> torch.Tensor:
+    """``[steps, clips * per_clip]`` uniforms in [0, 1), rows clip-major: clip ``b`` draws its ``[steps, R]`` block
+    from ``generators[b]`` alone, all at once (one call per clip and batch, not per clip and step), on the
+    generator's own device, so a clip's draws do not depend on its batch or on where the model runs."""
+    if len(generators) != clips:
+        raise ValueError(f"generators: expected one per clip ({clips}), got {len(generators)}")
+    blocks = [torch.rand((steps, per_clip), generator=g, device=g.device).to(device) for g in generators]
+    return torch.stack(blocks, dim=1).reshape(steps, clips * per_clip)
+
+
+def _inverse_cdf_sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs [N, V]`` from a given uniform per row (``u [N]``): the first token whose
+    cumulative probability reaches ``(1 - u) * total``. Same distribution as ``torch.multinomial``; ``1 - u`` lies
+    in (0, 1], so the threshold is > 0 (a leading zero-probability token is never taken) and <= the total (always
+    found), and a zero-probability token inside the row never is either (its cumulative value equals its
+    predecessor's, which is found first)."""
+    cdf = probs.cumsum(dim=-1)
+    threshold = (1.0 - u.to(cdf.dtype)).unsqueeze(1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, threshold).clamp_(max=probs.shape[-1] - 1)
 
 
 @torch.no_grad()

@@ -10,7 +10,13 @@ Rank ``r`` of ``W`` narrates rows ``r, r+W, ...``; results go to small atomic pa
 so an interrupted or pre-empted run resumes where it stopped by rerunning the same command. When every row is done
 the parts are merged into the reference's pickle of 5-tuples ``(video_uid, start, end, [texts], [scores])`` plus the
 same rows as Parquet. A clip that cannot be decoded is reported in ``failures.json`` and counted; it is never
-narrated from zeros and is left out of the merged files.
+narrated from zeros and is left out of the merged files. Failures are recorded apart from results, so a rerun
+retries exactly the failed clips (a transient read error costs one rerun, not the clip); the job exits 1 while any
+clip is failed, and aborts with one line naming the worst errors when more than ``max_failure_rate`` of the clips
+fail (a wrong ``--video-root`` fails every clip: it must not "succeed" with 0 rows).
+
+Sampling is seeded per clip (job seed + row index, :func:`clip_generator`), so a clip's narrations do not depend
+on ``--batch-size``, ``--limit``, the world size or where a resumed run restarted.
 
 Video mode::
 
@@ -40,8 +46,9 @@ from tyro.conf import Positional
 from lavila.config import ConfigError, Where, option
 from lavila.dist import resolve_device
 from lavila.errors import LavilaError
+from lavila.failpoints import failpoint
 from lavila.narrate.generate import GenerationConfig, decode_one, generate
-from lavila.narrate.shards import ShardedOutput, batched
+from lavila.narrate.shards import ShardedOutput, assigned_indices, batched
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +64,30 @@ def clip_transform(model: Any):
     return model_transforms(model)[1]
 
 
+class NarrateError(LavilaError):
+    """A narration job that must stop (too many clips failed); the message names the worst errors and what to do."""
+
+
+def clip_generator(seed: int, key: int | str) -> torch.Generator:
+    """The sampling generator of one clip: a function of the job seed and the clip's identity only (its metadata
+    row, or video + window), never of its batch, so batching, ``--limit``, world size and resumes change nothing.
+    Hashed rather than ``seed * K + i`` so that (seed, row) pairs never collide."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
 def narrate_batch(model: Any, tokenizer: Any, video: torch.Tensor, gen: GenerationConfig,
-                  generator: torch.Generator | None = None) -> list[tuple[list[str], list[float]]]:
-    """Captions for a batch of clips ``[B, 3, T, H, W]``: per clip, R texts and their scores."""
+                  generator: torch.Generator | None = None,
+                  generators: list[torch.Generator] | None = None) -> list[tuple[list[str], list[float]]]:
+    """Captions for a batch of clips ``[B, 3, T, H, W]``: per clip, R texts and their scores.
+
+    ``generators`` (one per clip, see :func:`clip_generator`) make each clip's samples independent of the batch;
+    ``generator`` is one stream for the whole batch.
+    """
     with torch.inference_mode():
         param = next(model.parameters())
         tokens = model.encode_image(video.to(device=param.device, dtype=param.dtype))
-        out = generate(model, tokens, gen, generator=generator)
+        out = generate(model, tokens, gen, generator=generator, generators=generators)
     R = gen.num_return_sequences
     texts = [decode_one(row, tokenizer, model.bos_token_id, model.eos_token_id) for row in out.ids.cpu()]
     scores = out.scores.float().cpu().tolist()
@@ -152,6 +176,9 @@ class NarrateJob:
     batch_size: int = option(64, "clips per forward pass", positive=True)
     num_workers: int = option(4, "decoding processes", min=0)
     part_size: int = option(256, "clips per atomic part file (work lost on a crash)", positive=True)
+    # Above this fraction of failed clips the job aborts instead of merging a silently thinner output; 1 = never.
+    max_failure_rate: float = option(0.05, "abort when more than this fraction of the clips fail to decode (0-1)",
+                                     min=0)
     use_half: bool = option(False, "fp16 model and frames (GPU)")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)")
     seed: int = option(0, "sampling seed")
@@ -179,6 +206,8 @@ class NarrateJob:
             raise ConfigError("give either --metadata (with --output-dir) or video files, not both/neither")
         if self.metadata and not self.output_dir:
             raise ConfigError(f"{where('output_dir')}: --metadata needs --output-dir")
+        if not 0 <= self.max_failure_rate <= 1:
+            raise ConfigError(f"{where('max_failure_rate')}: must be a fraction in [0, 1], got {self.max_failure_rate}")
         try:
             self.generation.validate()
         except ValueError as err:
@@ -189,18 +218,70 @@ class NarrateJob:
         return out_dir / f"{stem}.pkl", out_dir / f"{stem}.parquet"
 
     def fingerprint(self) -> dict[str, Any]:
+        """What makes two runs the same job: the input, the model and everything that changes a narration.
+
+        Not the video root (moving the videos, or mounting them elsewhere on another node, is the same job), nor
+        batch size, workers, part size, limit or the failure threshold (they change how, not what).
+        """
         return {
             "metadata": str(Path(self.metadata).resolve()), "metadata_sha1": _file_sha1(Path(self.metadata)),
             "checkpoint": str(Path(self.checkpoint).resolve()),
             "checkpoint_bytes": Path(self.checkpoint).stat().st_size,
-            "video_root": str(Path(self.video_root).resolve()), "chunk_len": self.chunk_len, "fps": self.fps,
+            "chunk_len": self.chunk_len, "fps": self.fps,
             "num_frames": self.num_frames, "generation": asdict(self.generation), "use_half": self.use_half,
             "seed": self.seed,
         }
 
 
+# A config mistake (wrong --video-root, --chunk-len or --fps) fails every clip, and fast: stop after this many
+# attempts with no success at all instead of "narrating" a million clips into failures. A partial failure rate is
+# only judged against max_failure_rate at the end (corrupt videos come in runs of consecutive clips).
+NOTHING_DECODES_AFTER = 100
+
+
+def failure_report(failed: dict[int, str], rows: list, limit: int = 3) -> str:
+    """``KIND xN (first: clip I, <uid> A-B s: <error>); ...`` for the ``limit`` most frequent error kinds: what a
+    one-line abort message needs to say which files and why."""
+    by_kind: dict[str, list[int]] = {}
+    for i, why in sorted(failed.items()):
+        by_kind.setdefault(why.split(":", 1)[0], []).append(i)
+    worst = sorted(by_kind.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))[:limit]
+    parts = []
+    for kind, indices in worst:
+        i = indices[0]
+        uid, t0, t1 = rows[i][:3]
+        why = failed[i].split(":", 1)[-1].strip()
+        why = why if len(why) <= 160 else why[:157] + "..."
+        parts.append(f"{kind} x{len(indices)} (first: clip {i}, {uid} {float(t0):.2f}-{float(t1):.2f} s: {why})")
+    more = len(by_kind) - len(worst)
+    return "; ".join(parts) + (f"; and {more} other kinds" if more > 0 else "")
+
+
+def check_failure_rate(failed: dict[int, str], attempted: int, rows: list, max_rate: float, *,
+                       final: bool) -> None:
+    """Raise :class:`NarrateError` when the clips failed so far exceed the threshold (``final``: at the end of a run
+    or before a merge), or when ``NOTHING_DECODES_AFTER`` clips were tried and none decoded (during a run)."""
+    if not failed or attempted <= 0:
+        return
+    rate = len(failed) / attempted
+    if final and rate > max_rate:
+        what = f"{len(failed)} of {attempted} clips failed ({rate:.1%} > max_failure_rate {max_rate:.1%})"
+    elif not final and attempted >= NOTHING_DECODES_AFTER and len(failed) == attempted:
+        what = f"none of the first {attempted} clips could be read"
+    else:
+        return
+    raise NarrateError(f"{what}: {failure_report(failed, rows)}. Check --video-root, --chunk-len and --fps, or "
+                       "raise --max-failure-rate to accept them; a rerun retries every failed clip")
+
+
 def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int | None = None) -> dict[str, Any]:
-    """Narrate this rank's share of the metadata rows; merge when the whole job is complete. Returns a summary."""
+    """Narrate this rank's share of the metadata rows; merge when the whole job is complete. Returns a summary.
+
+    Pending are the rows of this rank without a result: never attempted, and failed in an earlier run (retried).
+    Raises :class:`NarrateError` when too many clips failed (see :func:`check_failure_rate`): on one process at the
+    end of every run, with several ranks only before the merge (a rank that stopped the others for its own share
+    would have them killed by torchrun), and on any rank as soon as nothing decodes at all.
+    """
     from lavila.data.metadata import load_metadata
     from lavila.dist import world_info_from_env
 
@@ -210,13 +291,16 @@ def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int |
     device = resolve_device(job.device, info.local_rank)
     rows = load_metadata(job.metadata)
     out_dir = Path(job.output_dir)
-    shards = ShardedOutput(out_dir, total=len(rows), fingerprint=job.fingerprint())
+    shards = ShardedOutput(out_dir, total=len(rows), fingerprint=job.fingerprint(), ignored_keys=("video_root",))
     shards.open(overwrite=job.overwrite)
-    pending = shards.pending(rank, world_size)
+    succeeded, failed = shards.scan()  # the whole job's state (every rank's parts), kept up to date below
+    pending = [i for i in assigned_indices(len(rows), rank, world_size) if i not in succeeded]
     if job.limit is not None:
         pending = pending[: job.limit]
+    retrying = sum(i in failed for i in pending)
     summary: dict[str, Any] = {"rank": rank, "world_size": world_size, "total": len(rows), "narrated": 0,
-                               "failed": 0, "pending_at_start": len(pending), "merged": None}
+                               "failed": 0, "pending_at_start": len(pending) - retrying, "retrying": retrying,
+                               "merged": None}
     if pending:
         model, tokenizer = _load_model(job, device)
         dataset = ClipDataset(rows, pending, job.video_root, clip_transform(model), model.config.vision.num_frames,
@@ -225,6 +309,7 @@ def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int |
                             pin_memory=device.type == "cuda")
         results: dict[int, Any] = {}
         failures: dict[int, str] = {}
+        run_failed: dict[int, str] = {}
         bar = _progress(len(pending), f"narrate rank {rank}/{world_size}", enabled=rank == 0)
         start = time.perf_counter()
 
@@ -237,46 +322,68 @@ def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int |
         # warnings about corrupt clips print above the progress bar instead of through it
         with logging_redirect_tqdm():
             try:
-                for indices, video, failed in loader:
-                    for i, why in failed.items():
+                for indices, video, batch_failed in loader:
+                    for i, why in batch_failed.items():
                         uid, t0, t1 = rows[i][:3]
                         log.warning("clip %d (%s %.2f-%.2f s) skipped: %s", i, uid, t0, t1, why)
-                        failures[i] = why
+                        failures[i] = failed[i] = run_failed[i] = why
                         summary["failed"] += 1
                     if video is not None:
-                        gen = torch.Generator(device=device).manual_seed(job.seed * 1_000_003 + indices[0])
-                        narrated = narrate_batch(model, tokenizer, video, job.generation, gen)
+                        generators = [clip_generator(job.seed, i) for i in indices]
+                        narrated = narrate_batch(model, tokenizer, video, job.generation, generators=generators)
                         for i, (texts, scores) in zip(indices, narrated):
                             uid, t0, t1 = rows[i][:3]
                             results[i] = [uid, t0, t1, texts, scores]
+                            succeeded.add(i)
+                            failed.pop(i, None)
                         summary["narrated"] += len(indices)
-                    bar.update(len(indices) + len(failed))
+                    bar.update(len(indices) + len(batch_failed))
                     bar.set_postfix(failed=summary["failed"])
                     if len(results) + len(failures) >= job.part_size:
                         flush()
+                    attempted = summary["narrated"] + summary["failed"]
+                    check_failure_rate(run_failed, attempted, rows, job.max_failure_rate, final=False)
             finally:
-                flush()  # whatever finished before an interrupt is kept
+                flush()  # whatever finished before an interrupt or an abort is kept
                 bar.close()
         summary["seconds"] = time.perf_counter() - start
+        if world_size == 1:
+            check_failure_rate(failed, len(succeeded) + len(failed), rows, job.max_failure_rate, final=True)
     if shards.is_complete():
-        paths, n_rows, n_failed = merge_outputs(job, shards)
+        paths, n_rows, n_failed = merge_outputs(job, shards, rows)
         summary.update(merged=[str(p) for p in paths], merged_rows=n_rows, failed_total=n_failed)
     return summary
 
 
-def merge_outputs(job: NarrateJob, shards: ShardedOutput) -> tuple[tuple[Path, Path, Path], int, int]:
-    """Verified merge of all parts into the reference pickle, Parquet and ``failures.json`` (+ row counts)."""
+def merge_outputs(job: NarrateJob, shards: ShardedOutput,
+                  rows: list | None = None) -> tuple[tuple[Path, Path, Path], int, int]:
+    """Verified merge of all parts into the reference pickle, Parquet and ``failures.json`` (+ row counts).
+
+    With the metadata ``rows``, refuses (:class:`NarrateError`, nothing written) when the failed clips exceed
+    ``job.max_failure_rate`` of the job, and names each failed clip's video and window in ``failures.json``.
+    """
     from lavila.atomic import atomic_write_text
     from lavila.data.metadata import save_metadata
 
     results, failures = shards.collect()
-    rows = [(r[0], r[1], r[2], list(r[3]), [float(s) for s in r[4]]) for r in results.values()]
+    if rows is not None:
+        check_failure_rate(failures, shards.total, rows, job.max_failure_rate, final=True)
+    merged = [(r[0], r[1], r[2], list(r[3]), [float(s) for s in r[4]]) for r in results.values()]
     pkl, parquet = job.merged_paths(shards.out_dir)
-    save_metadata(rows, pkl)
-    save_metadata(rows, parquet)
+    save_metadata(merged, pkl)
+    failpoint("narrate.merge_written", pkl.name)
+    save_metadata(merged, parquet)
+    failpoint("narrate.merge_written", parquet.name)
     fail_path = shards.out_dir / "failures.json"
-    atomic_write_text(fail_path, json.dumps([{"index": i, "error": e} for i, e in failures.items()], indent=1))
-    return (pkl, parquet, fail_path), len(rows), len(failures)
+    listed = []
+    for i, why in failures.items():
+        entry: dict[str, Any] = {"index": i, "error": why}
+        if rows is not None:
+            entry.update(video_uid=rows[i][0], start=rows[i][1], end=rows[i][2])
+        listed.append(entry)
+    atomic_write_text(fail_path, json.dumps(listed, indent=1))
+    failpoint("narrate.merge_written", fail_path.name)
+    return (pkl, parquet, fail_path), len(merged), len(failures)
 
 
 def _submit(job: NarrateJob) -> int:
@@ -362,8 +469,13 @@ def to_srt(windows: list[dict[str, Any]], stride: float) -> str:
 
 
 def narrate_video(path: Path, model: Any, tokenizer: Any, gen: GenerationConfig, window: float, stride: float,
-                  batch_size: int, generator: torch.Generator | None = None) -> dict[str, Any]:
-    """Dense captions of one video; raises ``VideoDecodeError`` if it cannot be opened at all."""
+                  batch_size: int, generator: torch.Generator | None = None,
+                  seed: int | None = None) -> dict[str, Any]:
+    """Dense captions of one video; raises ``VideoDecodeError`` if it cannot be opened at all.
+
+    With ``seed``, each window samples from its own generator (video name + window start), so its captions do not
+    depend on ``batch_size`` or on the other videos of the run; otherwise ``generator`` is one shared stream.
+    """
     from lavila.data.decode import open_video
 
     transform = clip_transform(model)
@@ -386,8 +498,9 @@ def narrate_video(path: Path, model: Any, tokenizer: Any, gen: GenerationConfig,
                 entry["error"] = f"{type(err).__name__}: {err}"
                 log.warning("%s window %.2f-%.2f s skipped: %s", path, w.start, w.end, entry["error"])
         if clips:
+            generators = None if seed is None else [clip_generator(seed, f"{path.name}@{e['start']}") for e in ok]
             for entry, (texts, scores) in zip(ok, narrate_batch(model, tokenizer, torch.stack(clips), gen,
-                                                                generator)):
+                                                                generator, generators)):
                 entry["captions"] = [{"text": t, "score": s} for t, s in zip(texts, scores)]
     return {"video": str(path), "fps": fps, "num_frames": n, "duration": n / fps, "window": window,
             "stride": stride, "windows": out}
@@ -402,11 +515,11 @@ def run_videos(args: NarrateJob) -> int:
     out_dir = Path(args.output_dir or ".")
     remove_stale_temps(out_dir, [f"{Path(v).stem}.{ext}" for v in args.videos for ext in ("json", "srt")])
     failed = 0
-    generator = torch.Generator(device=device).manual_seed(args.seed)
     for path in args.videos:
         path = Path(path)
         try:
-            result = narrate_video(path, model, tokenizer, gen, args.window, args.stride, args.batch_size, generator)
+            result = narrate_video(path, model, tokenizer, gen, args.window, args.stride, args.batch_size,
+                                   seed=args.seed)
         except DECODE_ERRORS as err:
             print(f"FAILED {path}: {err}", file=sys.stderr)
             failed += 1
@@ -439,7 +552,17 @@ def run_narrate(job: NarrateJob) -> int:
     if summary["merged"]:
         print(f"merged {summary['merged_rows']} narrated clips ({summary['failed_total']} undecodable clips listed "
               f"in failures.json) -> {', '.join(summary['merged'])}")
-    else:
-        print("not all clips are done yet (other ranks, --limit or an interruption): rerun the same command to "
-              "continue; the merge happens when every clip is done", file=sys.stderr)
+        if summary["failed_total"]:
+            print(f"lavila narrate: {summary['failed_total']} of {summary['total']} clips failed (listed in "
+                  f"{Path(job.output_dir) / 'failures.json'}); rerun the same command to retry them", file=sys.stderr)
+            return 1
+        return 0
+    print("not all clips are done yet (other ranks, --limit or an interruption): rerun the same command to "
+          "continue; the merge happens when every clip is done", file=sys.stderr)
+    if summary["failed"] and summary["world_size"] == 1:
+        # Several ranks exit 0 here: a rank that fails under torchrun makes it kill the others mid-work; the rank
+        # that merges reports every failure of the job.
+        print(f"lavila narrate: {summary['failed']} of {summary['failed'] + summary['narrated']} clips of this run "
+              "failed; rerun the same command to retry them", file=sys.stderr)
+        return 1
     return 0

@@ -6,15 +6,20 @@ Results are written as many small *part files*, each holding an explicit list of
 
 * a part is written atomically (temporary file, fsync, ``os.replace``, fsync of the folder): an interrupted job
   leaves whole parts only, never a truncated one;
-* resuming scans the parts and skips every index already present, whatever world size wrote them;
-* merging checks that every index ``0..total-1`` appears exactly once (a success or a recorded failure) before it
-  writes anything, so a merged file is never silently incomplete or duplicated.
+* resuming scans the parts and skips every index that already *succeeded*, whatever world size wrote it; a
+  recorded failure can be pending again (``pending(retry_failed=True)``, narrate's choice), so a rerun retries
+  exactly the failed items;
+* merging checks that every index ``0..total-1`` was attempted (a success or a recorded failure) and succeeded at
+  most once before it writes anything, so a merged file is never silently incomplete or duplicated; a success
+  supersedes the earlier failures of its index (a retry that worked).
 
 No process group is needed: ranks never talk to each other. Whichever rank finishes last finds the job complete
 and merges (merging is idempotent and atomic, so a race between two ranks is harmless).
 
 Parts are JSON (``{"indices", "results", "failures"}``), readable by hand and safe to load. ``job.json`` records the
 job's fingerprint (input, checkpoint, decoding settings); reusing an output folder for a different job is refused.
+Keys a job no longer fingerprints (``ignored_keys``, e.g. narrate's old ``video_root``) are ignored in an existing
+``job.json``, so an upgrade does not turn a running job into a "different" one.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lavila.atomic import atomic_write_text, remove_stale_temps
+from lavila.errors import LavilaError
 from lavila.failpoints import failpoint
 
 log = logging.getLogger(__name__)
@@ -36,8 +42,9 @@ PARTS_DIR = "parts"
 JOB_FILE = "job.json"
 
 
-class ShardError(RuntimeError):
-    """An output folder that cannot be resumed or merged; the message says why and what to do."""
+class ShardError(LavilaError, RuntimeError):
+    """An output folder that cannot be resumed or merged; the message says why and what to do (a user-fixable
+    problem: the CLI prints it as one line; still a ``RuntimeError`` for callers that catch that)."""
 
 
 def assigned_indices(total: int, rank: int = 0, world_size: int = 1) -> list[int]:
@@ -50,11 +57,13 @@ def assigned_indices(total: int, rank: int = 0, world_size: int = 1) -> list[int
 class ShardedOutput:
     """The part files of one job under ``out_dir`` (see module docstring)."""
 
-    def __init__(self, out_dir: str | os.PathLike, total: int, fingerprint: dict[str, Any] | None = None) -> None:
+    def __init__(self, out_dir: str | os.PathLike, total: int, fingerprint: dict[str, Any] | None = None,
+                 ignored_keys: Sequence[str] = ()) -> None:
         self.out_dir = Path(out_dir)
         self.parts_dir = self.out_dir / PARTS_DIR
         self.total = int(total)
         self.fingerprint = dict(fingerprint or {})
+        self.ignored_keys = frozenset(ignored_keys)
 
     # ----------------------------------------------------------------------------------------------- job identity
     def open(self, overwrite: bool = False) -> None:
@@ -62,7 +71,7 @@ class ShardedOutput:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         # Temporaries of parts and merged files whose writer was killed (only dead writers': ranks start unsynced).
         remove_stale_temps(self.parts_dir, "part-*.json")
-        remove_stale_temps(self.out_dir)
+        remove_stale_temps(self.out_dir, ("*.json", "*.pkl", "*.parquet"))  # job.json, merged outputs, failures
         job_path = self.out_dir / JOB_FILE
         want = {"total": self.total, "fingerprint": self.fingerprint}
         if job_path.exists():
@@ -70,6 +79,8 @@ class ShardedOutput:
                 have = json.loads(job_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as err:
                 raise ShardError(f"{job_path} is unreadable ({err}); delete it to start over") from err
+            if isinstance(have, dict) and isinstance(have.get("fingerprint"), dict):
+                have["fingerprint"] = {k: v for k, v in have["fingerprint"].items() if k not in self.ignored_keys}
             if have != want and not overwrite:
                 diff = sorted(k for k in set(have.get("fingerprint", {})) | set(self.fingerprint)
                               if have.get("fingerprint", {}).get(k) != self.fingerprint.get(k))
@@ -110,19 +121,38 @@ class ShardedOutput:
                 pass
             return None
 
-    def done_indices(self) -> set[int]:
-        """Every index present in a readable part (successes and recorded failures)."""
-        done: set[int] = set()
+    def _parts_in_write_order(self) -> list[Path]:
+        """Part files oldest first (so the latest failure record of an item wins), name as the tie-break."""
+        stamped = []
         for path in self.part_files():
+            try:
+                stamped.append((path.stat().st_mtime_ns, path.name, path))
+            except OSError:  # removed by a concurrent ``clear``/``.corrupt`` move
+                continue
+        return [path for _, _, path in sorted(stamped)]
+
+    def scan(self) -> tuple[set[int], dict[int, str]]:
+        """``(succeeded, failed)``: indices with a result, and index -> latest error of those without one."""
+        succeeded: set[int] = set()
+        failed: dict[int, str] = {}
+        for path in self._parts_in_write_order():
             part = self._read_part(path)
             if part is not None:
-                done.update(int(i) for i in part["indices"])
-                done.update(int(i) for i in part.get("failures", {}))
-        return done
+                succeeded.update(int(i) for i in part["indices"])
+                failed.update((int(i), why) for i, why in part.get("failures", {}).items())
+        return succeeded, {i: why for i, why in failed.items() if i not in succeeded}
 
-    def pending(self, rank: int = 0, world_size: int = 1) -> list[int]:
-        done = self.done_indices()
-        return [i for i in assigned_indices(self.total, rank, world_size) if i not in done]
+    def done_indices(self) -> set[int]:
+        """Every index attempted so far: succeeded, or failed (and not yet retried successfully)."""
+        succeeded, failed = self.scan()
+        return succeeded | set(failed)
+
+    def pending(self, rank: int = 0, world_size: int = 1, retry_failed: bool = False) -> list[int]:
+        """This rank's indices still to do, in order: never attempted, and with ``retry_failed`` (what narrate
+        does) the failed ones too."""
+        succeeded, failed = self.scan()
+        skip = succeeded if retry_failed else succeeded | set(failed)
+        return [i for i in assigned_indices(self.total, rank, world_size) if i not in skip]
 
     def write_part(self, results: dict[int, Any], failures: dict[int, str] | None = None, rank: int = 0) -> Path:
         """Atomically write one part with ``results`` (index -> JSON-able record) and ``failures`` (index -> why)."""
@@ -147,24 +177,23 @@ class ShardedOutput:
 
     # ------------------------------------------------------------------------------------------------------ merge
     def collect(self) -> tuple[dict[int, Any], dict[int, str]]:
-        """Results (index -> record, in index order) and failures; raises unless every index is present once."""
+        """Results (index -> record, in index order) and the failures of indices without a result (latest error);
+        raises unless every index was attempted and none succeeded twice."""
         results: dict[int, Any] = {}
         failures: dict[int, str] = {}
         duplicates: list[int] = []
-        for path in self.part_files():
+        for path in self._parts_in_write_order():
             part = self._read_part(path)
             if part is None:
                 continue
             for i, rec in zip(part["indices"], part["results"]):
                 i = int(i)
-                if i in results or i in failures:
+                if i in results:
                     duplicates.append(i)
                 results[i] = rec
             for i, why in part.get("failures", {}).items():
-                i = int(i)
-                if i in results or i in failures:
-                    duplicates.append(i)
-                failures[i] = why
+                failures[int(i)] = why  # a retried item fails again: one entry, the latest reason
+        failures = {i: why for i, why in failures.items() if i not in results}  # a retry that succeeded
         if duplicates:
             raise ShardError(f"{self.parts_dir}: {len(duplicates)} indices appear in more than one part "
                              f"(first: {sorted(duplicates)[:10]}); parts from two different runs were mixed")

@@ -302,6 +302,10 @@ class Trainer:
             p.best_score = metrics["score"]
         self.save(epoch_done=True, is_best=is_best)
         self.result.epochs_done = p.epoch
+        from lavila.data.robust import check_epoch_end  # decode-failure summary (printed, logged); aborts if over
+
+        check_epoch_end(self.loader.dataset, epoch=p.epoch, step=p.global_step, log_record=self.log.write,
+                        main=self.main)
 
     def stop(self) -> TrainResult:
         """Save at this step boundary; a signal is then handed on (submitit requeues) and raised."""

@@ -19,7 +19,6 @@ puts it back on resume.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from lavila import dist
 from lavila.atomic import atomic_copy, atomic_save
+from lavila.data.seeding import sample_seed, seed_everything, seeded_rngs  # noqa: F401 - re-exported
 from lavila.failpoints import failpoint
 from lavila.train.optim import optimizer_state_for_checkpoint
 
@@ -116,30 +116,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 32-bit seed for one item of one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
-@contextlib.contextmanager
-def seeded_rngs(seed: int) -> Iterator[None]:
-    """Seed torch/numpy/python RNGs for the block, then put the caller's states back."""
-    torch_state, np_state, py_state = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    seed_everything(seed)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ def test_the_kill_plan_covers_every_fail_point(reference):
     assert sorted(kill_plan(reference["trace"])) == sorted(PLAN)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("term", PLAN)
 def test_killed_at_a_fail_point_then_rerun_equals_an_uninterrupted_run(sources, reference, tmp_path, term):
     dst = tmp_path / "dst"

@@ -30,7 +30,8 @@ def metadata(tmp_path):
 
 def _job(metadata, media_dir, checkpoint, out, **kw) -> nar.NarrateJob:
     settings = dict(video_root=str(media_dir), chunk_len=-1, fps=-1, num_workers=0, batch_size=2, part_size=2,
-                    generation=GenerationConfig(num_return_sequences=3, max_len=10), device="cpu")
+                    generation=GenerationConfig(num_return_sequences=3, max_len=10), device="cpu",
+                    max_failure_rate=0.5)  # 2 of the 6 clips are corrupt on purpose
     settings.update(kw)
     return nar.NarrateJob(metadata=str(metadata), checkpoint=str(checkpoint), output_dir=str(out), **settings)
 

@@ -150,3 +150,66 @@ def test_round_trip_through_flat_dict_and_namespace(tmp_path):
     ns = cfg.to_namespace()  # what loaders of reference checkpoints read
     assert ns.model == "CLIP_OPENAI_TIMESFORMER_BASE" and ns.clip_length == 4 and ns.norm_embed is True
     assert ns.project_embed_dim == 256
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_loads_and_its_dry_run_round_trips(path, tmp_path, capsys):
+    cfg = load_config(path)
+    assert cfg.task and type(cfg).__name__.endswith("Config") and not cfg.submit_requested
+    assert lavila_main(["train", str(path), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(printed)
+    assert load_config(resolved).to_dict() == cfg.to_dict()  # the printed YAML is the whole, loadable config
+
+
+def test_the_task_owns_its_config_class(tmp_path):
+    from lavila.train.tasks.dual_encoder import DualEncoderConfig
+    from lavila.train.tasks.finetune import FinetuneConfig
+    from lavila.train.tasks.narrator import NarratorConfig
+
+    assert type(load_config(CONFIGS / "pretrain_baseline_tsf_b.yaml")) is DualEncoderConfig
+    assert type(load_config(CONFIGS / "narrator_tsf_b_gpt2.yaml")) is NarratorConfig
+    assert type(load_config(CONFIGS / "finetune_egtea.yaml")) is FinetuneConfig  # task: module:Class
+    # without task: the model's kind decides; --task overrides the file
+    assert type(load_config(None, ["--model", "VCLM_OPENAI_TIMESFORMER_BASE_GPT2"])) is NarratorConfig
+    cfg = load_config(None, ["--task", "finetune_retrieval", "--dataset", "ek100_mir"])
+    assert type(cfg) is FinetuneConfig and cfg.task == "finetune_retrieval"
+    with pytest.raises(ConfigError, match=r"unknown option --freeze-lm-vclm"):  # a narrator key, not a dual encoder's
+        load_config(CONFIGS / "pretrain_baseline_tsf_b.yaml", ["--freeze-lm-vclm"])
+    with pytest.raises(ConfigError, match=r"key 'task' \(--task\): unknown task 'nope'"):
+        load_config(None, ["--task", "nope"])
+
+
+def test_train_list_keys_shows_the_tasks_keys(capsys):
+    assert lavila_main(["train", str(CONFIGS / "narrator_tsf_b_gpt2.yaml"), "--list-keys"]) == 0
+    out = capsys.readouterr().out
+    assert "--freeze-lm-vclm" in out and "--batch-size" in out and "--launcher" in out
+    assert lavila_main(["train", "--list-keys"]) == 0  # no recipe: the defaults (dual encoder)
+    assert "--norm-embed" in capsys.readouterr().out
+
+
+def test_train_refuses_a_video_as_config_before_writing_anything(tmp_path, capsys, monkeypatch):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(bytes(range(256)) * 4)
+    monkeypatch.chdir(tmp_path)
+    assert lavila_main(["train", str(video)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "clip.mp4: not a YAML config file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+def test_train_reports_typos_in_the_recipe_and_the_flags(tmp_path, capsys):
+    recipe = tmp_path / "config.yaml"
+    recipe.write_text("bach_size: 3\n")
+    assert lavila_main(["train", str(recipe)]) == 2
+    assert capsys.readouterr().err == (f"lavila train: error: {recipe}: unknown key 'bach_size' "
+                                       "(did you mean batch_size?)\n")
+    assert lavila_main(["train", "-", "--bach-size", "3"]) == 2
+    assert capsys.readouterr().err == "lavila train: error: unknown option --bach-size (did you mean --batch-size?)\n"
+
+
+def test_namespace_for_checkpoints_holds_every_key():
+    cfg = load_config(CONFIGS / "finetune_ek100_cls.yaml")
+    ns = vars(cfg.to_namespace())
+    assert ns == cfg.to_dict() and ns["num_classes"] == cfg.num_classes and ns["lr"] == cfg.lr
