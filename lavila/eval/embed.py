@@ -70,11 +70,14 @@ def embed_dataset(
     desc: str = "embedding",
     meta: dict | None = None,
     progress: bool = True,
+    allow_all_failed: bool = False,
 ) -> EmbedResult:
     """Run ``encode`` over every item's views (``frames [.., 3, T, H, W]`` flattened into one batch dimension).
 
     Returns embeddings shaped ``[N, *leading dims of one item's frames, E]``. With ``torch.distributed`` initialised,
-    rank r handles items ``r::W`` and every rank returns the full gathered result.
+    rank r handles items ``r::W`` and every rank returns the full gathered result. When no item at all can be
+    embedded it raises, unless ``allow_all_failed`` (then ``embeds`` is an empty ``[N, 0]`` array and ``failed`` lists
+    every item: ``lavila index`` adding one truncated video to an index that holds others).
     """
     start_time = time.time()
     if cache is not None:
@@ -128,7 +131,7 @@ def embed_dataset(
         for d, f in gathered:
             done.update(d)
             failed.update(f)
-    embeds = _assemble(len(dataset), done, failed)
+    embeds = _assemble(len(dataset), done, failed, allow_all_failed)
     if cache is not None:
         dist.barrier()
         if rank == 0:
@@ -138,10 +141,13 @@ def embed_dataset(
     return EmbedResult(embeds, failed, from_cache=False, seconds=time.time() - start_time)
 
 
-def _assemble(n: int, done: dict[int, np.ndarray], failed: dict[int, str]) -> np.ndarray:
+def _assemble(n: int, done: dict[int, np.ndarray], failed: dict[int, str],
+              allow_all_failed: bool = False) -> np.ndarray:
     missing = [i for i in range(n) if i not in done and i not in failed]
     if missing:
         raise RuntimeError(f"{len(missing)} items were neither embedded nor reported as failed: {missing[:10]}")
+    if not done and allow_all_failed:
+        return np.zeros((n, 0), dtype=np.float32)
     if not done:
         raise RuntimeError(f"no item could be embedded ({len(failed)} failed); first error: "
                            f"{next(iter(failed.values()), 'none')}")

@@ -1,24 +1,26 @@
 """`lavila index` / `lavila search`: free-text search over your own videos with a dual encoder.
 
 ``lavila index VIDEO_DIR --checkpoint CKPT --out INDEX`` cuts every video into sliding windows (default 2 s, stride
-2 s, 4 frames sampled at segment midpoints, the model's evaluation transform), embeds them and writes one index file
-(atomic: a crash never leaves a half-written index; finished windows are kept in ``INDEX.work/`` so a rerun only
-embeds what is missing). Files that cannot be opened are reported and skipped; windows that fail to decode (a
+2 s, 4 frames sampled at segment midpoints, the model's evaluation transform), embeds them and writes the index
+folder ``INDEX`` (layout: :mod:`lavila.eval.library`). Rerunning it on the same folder embeds only the videos that
+are new or changed since the last run (path, size, mtime) and drops removed ones; ``--narrations DIR_OR_JSON``
+attaches the captions ``lavila narrate VIDEO...`` wrote to the segments they overlap. A kill at any point leaves the
+previous index readable, and finished windows of an interrupted run are kept in ``INDEX/work/`` so a rerun only
+embeds what is missing. Files that cannot be opened are reported and skipped; windows that fail to decode (a
 truncated file) are reported, counted and left out — never indexed as black frames.
 
 ``lavila search "text" --index INDEX [--top-k 5]`` embeds the query with the same checkpoint's text tower and
-prints the best windows by cosine similarity with their timestamps.
+prints the best windows by cosine similarity with their timestamps and, where the index holds narrations, the
+caption of the moment. The ranking is one float32 matrix-vector product and a top-k (100 k segments: milliseconds
+on a CPU, ``benchmarks/bench_search.py``), so no approximate-nearest-neighbour library is needed.
 
-The index is a safetensors file: the embeddings as a float32 tensor, everything else (windows, checkpoint, protocol,
-skipped files) as JSON in its header. Loading it parses no pickle, so an index file from someone else cannot run
-code (a pickled index — this module's format 1 — is refused, never unpickled; rebuild it).
+Nothing is pickled: an index from someone else cannot run code. A single-file index of format 2 (safetensors with a
+JSON header) is still searched; a pickled index (format 1) is refused, never unpickled; rebuild it.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,21 +30,21 @@ import numpy as np
 import torch
 from tyro.conf import Positional
 
-from lavila.atomic import atomic_target, remove_stale_temps
 from lavila.config import option
 from lavila.data.benchmarks import SegmentDataset, SegmentSampling, VideoSegment
 from lavila.data.decode import VideoDecodeError, open_video
 from lavila.data.sampling import window_bounds
 from lavila.dist import resolve_device
 from lavila.errors import LavilaError
+from lavila.eval import library
 from lavila.eval.cache import EmbeddingCache, digest, file_fingerprint, items_digest
 from lavila.eval.embed import effective_precision, embed_dataset, encode_texts, l2_normalize
 from lavila.failpoints import failpoint
 from lavila.models import model_transforms
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv", ".flv"}
-INDEX_FORMAT = 2  # 1 was a torch.save pickle
-_HEADER_KEY = "lavila.index"
+INDEX_FORMAT = library.LIBRARY_FORMAT  # 1: a torch.save pickle, 2: one safetensors file, 3: a folder
+_HEADER_KEY = "lavila.index"  # the JSON header of a format-2 file
 
 
 @dataclass(frozen=True)
@@ -59,27 +61,36 @@ def find_videos(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
 
 
-def plan_windows(folder: Path, window: float, stride: float) -> tuple[list[Window], list[dict[str, str]]]:
-    """Windows of every readable video, and the videos skipped with the reason (unreadable, empty, no stream)."""
+def probe_video(path: Path) -> tuple[float | None, str | None]:
+    """``(duration seconds, None)`` of a readable video, ``(None, reason)`` of one that cannot be indexed."""
+    try:
+        reader = open_video(path)
+        try:
+            n, fps = len(reader), float(reader.fps)
+        finally:
+            close = getattr(reader, "close", None)
+            if close:
+                close()
+    except VideoDecodeError as err:
+        return None, f"{err.kind}: {err.reason}"
+    if n <= 0 or fps <= 0:
+        return None, f"no frames (frames={n}, fps={fps})"
+    return n / fps, None
+
+
+def plan_windows(folder: Path, window: float, stride: float,
+                 videos: list[Path] | None = None) -> tuple[list[Window], list[dict[str, str]]]:
+    """Windows of every readable video (of `videos`, default all under `folder`), and the videos skipped with the
+    reason (unreadable, empty, no stream)."""
     windows: list[Window] = []
     skipped: list[dict[str, str]] = []
-    for path in find_videos(folder):
+    for path in find_videos(folder) if videos is None else videos:
         rel = str(path.relative_to(folder))
-        try:
-            reader = open_video(path)
-            try:
-                n, fps = len(reader), float(reader.fps)
-            finally:
-                close = getattr(reader, "close", None)
-                if close:
-                    close()
-        except VideoDecodeError as err:
-            skipped.append({"video": rel, "error": f"{err.kind}: {err.reason}"})
+        duration, error = probe_video(path)
+        if duration is None:
+            skipped.append({"video": rel, "error": error})
             continue
-        if n <= 0 or fps <= 0:
-            skipped.append({"video": rel, "error": f"no frames (frames={n}, fps={fps})"})
-            continue
-        windows.extend(Window(rel, s, e) for s, e in window_bounds(n / fps, window, stride))
+        windows.extend(Window(rel, s, e) for s, e in window_bounds(duration, window, stride))
     return windows, skipped
 
 
@@ -94,75 +105,158 @@ def _fmt_time(seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_index(args: IndexJob) -> dict[str, Any]:
+def build_index(args: IndexJob, loaded: Any = None) -> dict[str, Any]:
+    """Create or update the index folder ``args.out``; returns the index as :func:`load_index` reads it.
+
+    Videos whose fingerprint (relative path, size, mtime) and model/protocol match the current index keep their
+    embeddings; the others are (re-)embedded; removed videos disappear. `loaded` is an already loaded dual encoder
+    (:func:`lavila.eval.zeroshot.load_eval_model`'s result) for callers that hold one (``lavila app``).
+    """
     from lavila.eval.zeroshot import load_eval_model
 
     folder = Path(args.video_dir).resolve()
     out = Path(args.out)
-    remove_stale_temps(out.parent, out.name)  # of an index write a kill interrupted (the work folder: the cache's)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file (a single-file index of an older format?); an index is a folder now: "
+                         "give a new --out or remove the file")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a folder: {folder}")
+    out.mkdir(parents=True, exist_ok=True)
+    library.clean_library(out)  # temporaries and superseded generations of a run a kill interrupted
+    previous = load_index(out) if library.is_library(out) else None
     device = resolve_device(args.device)
-    loaded = load_eval_model(args.checkpoint, args.frames, args.model)
+    if loaded is None:
+        loaded = load_eval_model(args.checkpoint, args.frames, args.model)
     if loaded.kind != "dual_encoder":
         raise ValueError(f"{args.checkpoint} is a classifier checkpoint; search needs a dual encoder (text tower)")
     model, cfg = loaded.model.to(device), loaded.config
-    windows, skipped = plan_windows(folder, args.window, args.stride)
-    for s in skipped:
-        print(f"[skip] {s['video']}: {s['error']}", file=sys.stderr)
-    if not windows:
-        raise RuntimeError(f"no readable video in {folder} ({len(skipped)} skipped)")
-    segments = [VideoSegment(w.video, w.start, w.end, "action") for w in windows]
-    dataset = SegmentDataset(folder, segments, SegmentSampling(args.frames), model_transforms(cfg)[1])
     precision = effective_precision(device, args.precision)
     protocol = {"window": args.window, "stride": args.stride, "frames": args.frames, "crop": cfg.vision.img_size}
-    key = digest({"checkpoint": file_fingerprint(args.checkpoint), "model": cfg.name, "protocol": protocol,
-                  "root": str(folder), "items": items_digest(segments), "precision": precision})
-    work = out.with_name(out.name + ".work")
-    result = embed_dataset(model.encode_image, dataset, device=device, batch_size=args.batch_size,
-                           num_workers=args.workers, precision=args.precision, cache=EmbeddingCache(work, key),
-                           desc="index windows")
-    for i, message in sorted(result.failed.items()):
-        print(f"[skip] {windows[i].video} {windows[i].start:.2f}-{windows[i].end:.2f}s: {message}", file=sys.stderr)
-    ok = result.ok
-    emb = l2_normalize(result.embeds[:, 0][ok]).astype(np.float32)
-    kept = [w for w, good in zip(windows, ok) if good]
+    fields = {"video_root": str(folder), "checkpoint": str(Path(args.checkpoint).resolve()),
+              "checkpoint_fingerprint": file_fingerprint(args.checkpoint), "model": cfg.name, "protocol": protocol,
+              "precision": precision}
+    reusable = previous is not None and not args.rebuild and all(
+        previous.get(k) == v for k, v in fields.items() if k != "checkpoint")
+    if previous is not None and not reusable and not args.rebuild:
+        changed = [k for k, v in fields.items() if previous.get(k) != v and k != "checkpoint"]
+        print(f"[index] {', '.join(changed)} changed since the index was built: re-embedding every video",
+              file=sys.stderr)
+
+    found = find_videos(folder)
+    current = {str(p.relative_to(folder)): p.stat() for p in found}
+    old = {v["video"]: v for v in previous["videos"]} if reusable else {}
+    keep = {rel for rel, st in current.items() if rel in old and old[rel]["status"] == "indexed"
+            and (old[rel]["size"], old[rel]["mtime_ns"]) == (st.st_size, st.st_mtime_ns)}
+    todo = [p for p in found if str(p.relative_to(folder)) not in keep]
+    windows, skipped = plan_windows(folder, args.window, args.stride, todo)
+    for s in skipped:
+        print(f"[skip] {s['video']}: {s['error']}", file=sys.stderr)
+    if not windows and not keep:
+        raise RuntimeError(f"no readable video in {folder} ({len(skipped)} skipped)")
+
+    new_rows: dict[str, list[tuple[Window, np.ndarray]]] = {}
+    failed_windows: list[dict[str, Any]] = []
+    if windows:
+        segments = [VideoSegment(w.video, w.start, w.end, "action") for w in windows]
+        dataset = SegmentDataset(folder, segments, SegmentSampling(args.frames), model_transforms(cfg)[1])
+        key = digest({**fields, "checkpoint": fields["checkpoint_fingerprint"], "items": items_digest(segments)})
+        result = embed_dataset(model.encode_image, dataset, device=device, batch_size=args.batch_size,
+                               num_workers=args.workers, precision=args.precision,
+                               cache=EmbeddingCache(out / library.WORK, key), desc="index windows",
+                               allow_all_failed=True)
+        for i, message in sorted(result.failed.items()):
+            print(f"[skip] {windows[i].video} {windows[i].start:.2f}-{windows[i].end:.2f}s: {message}",
+                  file=sys.stderr)
+            failed_windows.append({**asdict(windows[i]), "error": message})
+        emb_new = l2_normalize(result.embeds[:, 0]).astype(np.float32) if result.embeds.size else None
+        for i, w in enumerate(windows):
+            new_rows.setdefault(w.video, [])
+            if i not in result.failed:
+                new_rows[w.video].append((w, emb_new[i]))
+
+    old_rows: dict[str, list[int]] = {}
+    for i, w in enumerate(previous["windows"] if keep else []):
+        old_rows.setdefault(w["video"], []).append(i)
+    rows: list[dict[str, Any]] = []
+    parts: list[np.ndarray] = []
+    videos: list[dict[str, Any]] = []
+    skip_reason = {s["video"]: s["error"] for s in skipped}
+    failures = {}
+    for f in failed_windows:
+        failures[f["video"]] = failures.get(f["video"], 0) + 1
+    for rel, st in current.items():  # find_videos order: the same for a full and an incremental build
+        entry = {"video": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "error": None, "failed_windows": 0}
+        if rel in keep:
+            ids = old_rows.get(rel, [])
+            rows += [previous["windows"][i] for i in ids]
+            parts.append(previous["embeddings"][ids].numpy())
+            videos.append({**entry, "status": "indexed", "windows": len(ids)})
+        elif rel in skip_reason:
+            videos.append({**entry, "status": "skipped", "error": skip_reason[rel], "windows": 0})
+        else:
+            got = new_rows.get(rel, [])
+            rows += [asdict(w) for w, _ in got]
+            parts += [np.stack([e for _, e in got])] if got else []
+            n_failed = failures.get(rel, 0)
+            status = "indexed" if not n_failed else "partial" if got else "failed"
+            videos.append({**entry, "status": status, "windows": len(got), "failed_windows": n_failed})
+    if not rows:
+        raise RuntimeError(f"no window of any video in {folder} could be decoded ({len(failed_windows)} failed)")
+    embeddings = torch.from_numpy(np.concatenate(parts).astype(np.float32))
+
+    # narrations describe the video, not the model: kept while the file is unchanged, whatever was re-embedded
+    seen = {v["video"]: (v["size"], v["mtime_ns"]) for v in (previous or {}).get("videos", [])}
+    unchanged = {rel for rel, st in current.items() if seen.get(rel) == (st.st_size, st.st_mtime_ns)}
+    narrations = [r for r in (previous or {}).get("narrations", []) if r["video"] in unchanged]
+    if args.narrations:
+        attached = library.load_narrations(args.narrations, [v["video"] for v in videos if v["windows"]], folder)
+        narrations = [r for r in narrations if r["video"] not in attached]
+        narrations += [r for video_rows in attached.values() for r in video_rows]
+        order = {rel: k for k, rel in enumerate(current)}
+        narrations.sort(key=lambda r: (order[r["video"]], r["start"], r["end"]))
+        print(f"[index] narrations attached to {len(attached)} videos ({sum(map(len, attached.values()))} captions)",
+              file=sys.stderr)
     index = {
-        "format": INDEX_FORMAT,
-        "embeddings": torch.from_numpy(emb),
-        "windows": [asdict(w) for w in kept],
-        "video_root": str(folder),
-        "checkpoint": str(Path(args.checkpoint).resolve()),
-        "checkpoint_fingerprint": file_fingerprint(args.checkpoint),
-        "model": cfg.name,
-        "protocol": protocol,
-        "precision": precision,
-        "videos_indexed": sorted({w.video for w in kept}),
+        "format": library.LIBRARY_FORMAT,
+        **fields,
+        "embeddings": embeddings,
+        "windows": rows,
+        "videos": videos,
+        "narrations": narrations,
+        "videos_indexed": sorted({w["video"] for w in rows}),
         "skipped_videos": skipped,
-        "failed_windows": [{**asdict(windows[i]), "error": m} for i, m in sorted(result.failed.items())],
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "failed_windows": failed_windows,
     }
-    save_index(index, out)
-    failpoint("index.written", out.name)  # written, INDEX.work/ not yet removed
-    shutil.rmtree(work, ignore_errors=True)
-    return index
+    if library.same_content(previous, index):
+        library.remove_work(out)
+        print(f"[index] {out} is up to date", file=sys.stderr)
+        return {**previous, "reused_videos": len(keep)}
+    index["date"] = library.now()
+    library.write_library(out, index)
+    failpoint("index.written", out.name)  # committed; INDEX/work/ and the previous generation not yet removed
+    library.clean_library(out)
+    library.remove_work(out)
+    return {**load_index(out), "reused_videos": len(keep)}
 
 
-def save_index(index: dict[str, Any], out: str | Path) -> None:
-    """Atomically write `index` (``embeddings`` tensor + JSON-able fields) as safetensors."""
-    from safetensors.torch import save_file
-
-    fields = {k: v for k, v in index.items() if k != "embeddings"}
-    header = {_HEADER_KEY: json.dumps(fields, sort_keys=True)}
-    with atomic_target(out) as tmp:
-        save_file({"embeddings": index["embeddings"].float().contiguous()}, str(tmp), metadata=header)
+def save_index(index: dict[str, Any], out: str | Path) -> int:
+    """Atomically write `index` (``embeddings`` tensor, ``windows``/``videos``/``narrations`` rows, manifest
+    fields) as the next generation of the index folder `out`; returns the generation."""
+    return library.write_library(out, index)
 
 
 @dataclass
 class IndexJob:
-    """Embed sliding windows of a folder of videos with a dual encoder, for ``lavila search``."""
+    """Embed sliding windows of a folder of videos with a dual encoder, for ``lavila search`` and ``lavila app``.
+
+    Rerun it on the same folder to add new videos: only new or changed files are embedded."""
 
     video_dir: Positional[str] = option(help="folder of videos (searched recursively)")
     checkpoint: str = option(help="dual-encoder checkpoint")
-    out: str = option(help="index file to write")
+    out: str = option(help="index folder to create or update")
+    narrations: list[str] = option(default_factory=list,
+                                   help="folders or files of `lavila narrate VIDEO...` output (<video>.json) or a "
+                                        "{video: [{start, end, caption}]} export, attached to the segments")
     model: str | None = option(None, "model name when the checkpoint does not record it")
     window: float = option(2.0, "window length in seconds", positive=True)
     stride: float | None = option(None, "seconds between window starts (default: window)", positive=True)
@@ -171,6 +265,7 @@ class IndexJob:
     workers: int = option(2, "decoding processes", min=0, aliases=("-j",))
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU")
+    rebuild: bool = option(False, "re-embed every video even if the index already holds it")
 
     def __post_init__(self) -> None:
         if self.stride is None:
@@ -182,9 +277,10 @@ def run_index(args: IndexJob) -> int:
         index = build_index(args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise LavilaError(str(err), exit_code=2) from err
-    print(f"indexed {len(index['windows'])} windows of {len(index['videos_indexed'])} videos -> {args.out}; "
-          f"skipped {len(index['skipped_videos'])} unreadable files and {len(index['failed_windows'])} windows "
-          "that failed to decode")
+    print(f"indexed {len(index['windows'])} windows of {len(index['videos_indexed'])} videos -> {args.out} "
+          f"({index.get('reused_videos', 0)} videos unchanged since the last run); skipped "
+          f"{len(index['skipped_videos'])} unreadable files and {len(index['failed_windows'])} windows that failed "
+          f"to decode; {len({r['video'] for r in index.get('narrations', [])})} videos have narrations")
     return 0
 
 
@@ -194,9 +290,16 @@ def run_index(args: IndexJob) -> int:
 
 
 def load_index(path: str | Path) -> dict[str, Any]:
+    """The index at `path`: a folder written by ``lavila index`` (format 3) or a single file of format 2.
+
+    Returns the manifest's fields plus ``embeddings`` (float32 tensor ``[N, D]``), ``windows`` (``{video, start,
+    end}`` per row), ``videos``, ``narrations`` and ``videos_indexed``.
+    """
     path = Path(path)
+    if path.is_dir():
+        return library.read_library(path)
     if not path.is_file():
-        raise FileNotFoundError(f"index not found: {path} (build one with `lavila index VIDEO_DIR ...`)")
+        raise FileNotFoundError(f"index not found: {path} (build one with `lavila index VIDEO_DIR ... --out {path}`)")
     from safetensors import safe_open
 
     try:
@@ -211,26 +314,69 @@ def load_index(path: str | Path) -> dict[str, Any]:
             b"PK", b"\x80\x02", b"\x80\x04", b"\x80\x05") else ""
         raise ValueError(f"{path} is not a lavila index{old}; index files are safetensors and are never unpickled, "
                          "since unpickling can run code") from err
-    if not isinstance(fields, dict) or fields.get("format") != INDEX_FORMAT or embeddings is None:
-        raise ValueError(f"{path} is not a lavila index of format {INDEX_FORMAT} (rebuild it with `lavila index`)")
-    return {**fields, "embeddings": embeddings}
+    if not isinstance(fields, dict) or fields.get("format") != 2 or embeddings is None:
+        raise ValueError(f"{path} is not a lavila index (rebuild it with `lavila index`)")
+    return {"videos": [], "narrations": [], **fields, "embeddings": embeddings}
+
+
+def top_k(embeddings: torch.Tensor, query: torch.Tensor | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(row indices, cosine scores)`` of the `k` rows most similar to `query`, best first; ties keep row order.
+
+    One float32 matrix-vector product and ``torch.topk`` select the candidates (every row within 1e-4 of the k-th
+    score, so float32 rounding cannot drop a row that float64 would rank in); they are re-scored in float64 and
+    sorted by (score descending, row) so the order is exact and deterministic.
+    """
+    n = embeddings.shape[0]
+    k = min(int(k), n)
+    q64 = torch.as_tensor(l2_normalize(np.asarray(query, dtype=np.float64).reshape(-1)))
+    if not torch.isfinite(q64).all():
+        raise ValueError("the query embedding is zero or not finite")
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    emb = embeddings if embeddings.dtype == torch.float32 else embeddings.float()
+    with torch.no_grad():
+        scores = emb @ q64.to(torch.float32)
+        kth = torch.topk(scores, k, sorted=False).values.min()
+        candidates = torch.nonzero(scores >= kth - 1e-4).squeeze(1)
+        exact = (emb[candidates].double() @ q64).numpy()
+    cand = candidates.numpy()
+    order = np.lexsort((cand, -exact))[:k]
+    return cand[order], exact[order]
 
 
 def search(index: dict[str, Any], query_embedding: np.ndarray, top_k: int = 5) -> list[dict[str, Any]]:
-    """Windows ranked by cosine similarity to the (any-norm) query embedding; ties keep index order."""
-    emb = index["embeddings"].double().numpy()
-    q = l2_normalize(np.asarray(query_embedding, dtype=np.float64).reshape(-1))
-    scores = emb @ q
-    order = np.argsort(-scores, kind="stable")[:top_k]
-    return [{"rank": r + 1, "score": float(scores[i]), **index["windows"][i]} for r, i in enumerate(order)]
+    """Windows ranked by cosine similarity to the (any-norm) query embedding; ties keep index order.
+
+    Each hit is ``{rank, score, video, start, end}``, plus ``narration`` (the caption overlapping the moment most)
+    and ``narrations`` (all overlapping captions) where the index holds narrations.
+    """
+    rows, scores = _top_k(index["embeddings"], query_embedding, top_k)
+    lookup = index.get("_narration_lookup")
+    if lookup is None:
+        lookup = index["_narration_lookup"] = library.NarrationLookup(index.get("narrations") or [])
+    hits = []
+    for r, (i, score) in enumerate(zip(rows.tolist(), scores.tolist())):
+        w = index["windows"][i]
+        hit = {"rank": r + 1, "score": float(score), "video": w["video"], "start": w["start"], "end": w["end"]}
+        if lookup:
+            over = lookup.overlapping(w["video"], w["start"], w["end"])
+            hit["narration"] = over[0]["caption"] if over else None
+            hit["narrations"] = [{"start": o["start"], "end": o["end"], "caption": o["caption"]}
+                                 for o in sorted(over, key=lambda o: o["start"])]
+        hits.append(hit)
+    return hits
+
+
+_top_k = top_k  # `search`'s parameter is called top_k
 
 
 @dataclass
 class SearchJob:
-    """Search an index built by ``lavila index`` with free text; prints the best windows and their times."""
+    """Search an index built by ``lavila index`` with free text; prints the best windows, their times and, where
+    the index holds narrations, what the narrator said about the moment."""
 
     query: Positional[str] = option(help="what to look for, e.g. 'someone kneads dough'")
-    index: str = option(help="file written by `lavila index`")
+    index: str = option(help="index folder written by `lavila index`")
     top_k: int = option(5, "how many windows to show", positive=True)
     checkpoint: str | None = option(None, "text encoder (default: the checkpoint the index records)")
     model: str | None = option(None, "model name when the checkpoint does not record it")
@@ -256,9 +402,10 @@ def run_search(args: SearchJob) -> int:
     if args.json:
         print(json.dumps(hits, indent=2))
         return 0
-    print(f"{'rank':>4}  {'score':>7}  {'start':>11}  {'end':>11}  video")
+    narrated = any("narration" in h for h in hits)
+    print(f"{'rank':>4}  {'score':>7}  {'start':>11}  {'end':>11}  video" + ("  | narration" if narrated else ""))
     for h in hits:
+        caption = f"  | {h['narration']}" if h.get("narration") else ""
         print(f"{h['rank']:>4}  {h['score']:7.4f}  {_fmt_time(h['start']):>11}  {_fmt_time(h['end']):>11}  "
-              f"{h['video']}")
+              f"{h['video']}{caption}")
     return 0
-

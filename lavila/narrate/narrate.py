@@ -260,14 +260,15 @@ def failure_report(failed: dict[int, str], rows: list, limit: int = 3) -> str:
 def check_failure_rate(failed: dict[int, str], attempted: int, rows: list, max_rate: float, *,
                        final: bool) -> None:
     """Raise :class:`NarrateError` when the clips failed so far exceed the threshold (``final``: at the end of a run
-    or before a merge), or when ``NOTHING_DECODES_AFTER`` clips were tried and none decoded (during a run)."""
-    if not failed or attempted <= 0:
+    or before a merge), or when ``NOTHING_DECODES_AFTER`` clips were tried and none decoded (during a run, counting
+    only clips never tried before). ``max_rate >= 1`` disables both."""
+    if not failed or attempted <= 0 or max_rate >= 1:
         return
     rate = len(failed) / attempted
     if final and rate > max_rate:
         what = f"{len(failed)} of {attempted} clips failed ({rate:.1%} > max_failure_rate {max_rate:.1%})"
     elif not final and attempted >= NOTHING_DECODES_AFTER and len(failed) == attempted:
-        what = f"none of the first {attempted} clips could be read"
+        what = f"none of the {attempted} clips tried so far could be read"
     else:
         return
     raise NarrateError(f"{what}: {failure_report(failed, rows)}. Check --video-root, --chunk-len and --fps, or "
@@ -297,7 +298,8 @@ def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int |
     pending = [i for i in assigned_indices(len(rows), rank, world_size) if i not in succeeded]
     if job.limit is not None:
         pending = pending[: job.limit]
-    retrying = sum(i in failed for i in pending)
+    retried = {i for i in pending if i in failed}
+    retrying = len(retried)
     summary: dict[str, Any] = {"rank": rank, "world_size": world_size, "total": len(rows), "narrated": 0,
                                "failed": 0, "pending_at_start": len(pending) - retrying, "retrying": retrying,
                                "merged": None}
@@ -309,7 +311,8 @@ def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int |
                             pin_memory=device.type == "cuda")
         results: dict[int, Any] = {}
         failures: dict[int, str] = {}
-        run_failed: dict[int, str] = {}
+        new_failed: dict[int, str] = {}  # failures of clips never attempted before (retries are expected to fail)
+        new_attempted = 0
         bar = _progress(len(pending), f"narrate rank {rank}/{world_size}", enabled=rank == 0)
         start = time.perf_counter()
 
@@ -326,7 +329,9 @@ def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int |
                     for i, why in batch_failed.items():
                         uid, t0, t1 = rows[i][:3]
                         log.warning("clip %d (%s %.2f-%.2f s) skipped: %s", i, uid, t0, t1, why)
-                        failures[i] = failed[i] = run_failed[i] = why
+                        failures[i] = failed[i] = why
+                        if i not in retried:
+                            new_failed[i] = why
                         summary["failed"] += 1
                     if video is not None:
                         generators = [clip_generator(job.seed, i) for i in indices]
@@ -341,8 +346,8 @@ def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int |
                     bar.set_postfix(failed=summary["failed"])
                     if len(results) + len(failures) >= job.part_size:
                         flush()
-                    attempted = summary["narrated"] + summary["failed"]
-                    check_failure_rate(run_failed, attempted, rows, job.max_failure_rate, final=False)
+                    new_attempted += sum(i not in retried for i in (*indices, *batch_failed))
+                    check_failure_rate(new_failed, new_attempted, rows, job.max_failure_rate, final=False)
             finally:
                 flush()  # whatever finished before an interrupt or an abort is kept
                 bar.close()

@@ -152,3 +152,36 @@ def test_counters_are_found_through_wrappers():
                         LabeledDataset(ResilientDataset(_Flaky(), b), 0), ResilientDataset(_Flaky(), a)])
     assert {id(c) for c in find_failure_counters(ds)} == {id(a), id(b)}
     assert check_epoch_end(_Flaky(), epoch=1, step=0) is None  # nothing to check
+
+
+def _rank_main(rank: int, store: str, out: str) -> None:
+    import torch.distributed as torch_dist
+
+    torch_dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        failures = DecodeFailures(max_failure_rate=0.05)
+        for i in range(4):
+            if rank == 0 and i == 0:
+                failures.record_failure(VideoDecodeError("/videos/r0.mp4", "simulated", "empty"), quiet=True)
+            else:
+                failures.record_success()
+        try:
+            check_epoch_end(ResilientDataset(_Flaky(), failures), epoch=1, step=2, main=False)
+            result = "no error"
+        except DecodeFailureRateError as err:
+            result = str(err)
+        with open(f"{out}.{rank}", "w") as fh:
+            fh.write(result)
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_ranks_agree_on_the_epoch_end_decision(tmp_path):
+    """Every rank sees the sum over ranks, so all of them stop (none is left waiting in a collective)."""
+    import torch.multiprocessing as torch_mp
+
+    torch_mp.start_processes(_rank_main, args=(str(tmp_path / "store"), str(tmp_path / "result")), nprocs=2,
+                             start_method="fork")
+    results = [(tmp_path / f"result.{r}").read_text() for r in (0, 1)]
+    assert results[0] == results[1]
+    assert results[0].startswith("epoch 1: 12.50% of 8 samples failed to decode") and "/videos/r0.mp4" in results[0]

@@ -37,7 +37,8 @@ def test_index_and_search_media_folder(tmp_path, media_dir, tiny_checkpoint, bpe
     assert set(skipped) == {"empty.mp4", "not_a_video.mp4"} and skipped["empty.mp4"].startswith("empty")
     # the truncated file opens (header: 50 frames, 5 s at 10 fps) but no window decodes: 3 windows reported
     failed = [w for w in index["failed_windows"] if w["video"] == "corrupt_truncated.mp4"]
-    assert [(w["start"], w["end"]) for w in failed] == [(0.0, 2.0), (2.0, 4.0), (3.0, 5.0)]  # the tail window is aligned to the end
+    # the tail window is aligned to the end (one planner for index and narrate)
+    assert [(w["start"], w["end"]) for w in failed] == [(0.0, 2.0), (2.0, 4.0), (3.0, 5.0)]
     assert "corrupt_truncated.mp4" not in index["videos_indexed"]
     windows = {}
     for w in index["windows"]:

@@ -171,3 +171,93 @@ def test_decode_one_cuts_at_the_first_eos_after_bos(tiny_narrator) -> None:
     eos = model.eos_token_id
     assert decode_one([eos, *body, eos, 5, 6], hf_tok, eos, eos) == "#C C stirs the pan"
     assert decode_one([eos, *body], hf_tok, eos, eos) == "#C C stirs the pan"  # no EOS: keep everything
+
+
+# ------------------------------------------------------------- beam search: HF generate vs the former hand-written one
+def _former_beam_search(model, image_tokens, K, R, max_len, length_penalty, early_stopping):
+    """The project's hand-written beam search as it was before HF ``generate`` took over (full recompute), kept
+    here only to pin down that the switch changed no result."""
+    B = image_tokens.shape[0]
+    max_len = min(max_len, model.max_positions)
+    eos, bos, lp = model.eos_token_id, model.bos_token_id, length_penalty
+    ids = torch.full((B * K, 1), bos, dtype=torch.long)
+    beam_scores = torch.zeros(B, K)
+    beam_scores[:, 1:] = float("-inf")
+    finished = [[] for _ in range(B)]
+    clip_done = [False] * B
+    steps = 0
+    for i in range(max_len - 1):
+        logits = model.text_decoder(ids, encoder_hidden_states=image_tokens, use_cache=False).logits[:, -1].float()
+        steps += 1
+        logp = F.log_softmax(logits, dim=-1)
+        vocab = logp.shape[-1]
+        top_scores, top_idx = (beam_scores.view(-1, 1) + logp).view(B, K * vocab).topk(2 * K, dim=1)
+        next_src, next_tok, next_scores = [], [], []
+        n = i + 1
+        for b in range(B):
+            chosen = 0
+            for score, flat in zip(top_scores[b].tolist(), top_idx[b].tolist()):
+                beam, tok = divmod(flat, vocab)
+                row = b * K + beam
+                if clip_done[b]:
+                    break
+                if tok == eos:
+                    if len(finished[b]) < K or score / n**lp > min(f[0] for f in finished[b]):
+                        finished[b].append((score / n**lp, ids[row].tolist() + [eos]))
+                        finished[b].sort(key=lambda f: -f[0])
+                        del finished[b][K:]
+                    continue
+                next_src.append(row)
+                next_tok.append(tok)
+                next_scores.append(score)
+                chosen += 1
+                if chosen == K:
+                    break
+            if clip_done[b] or chosen < K:
+                pad = K - chosen if not clip_done[b] else K
+                next_src += [b * K] * pad
+                next_tok += [0] * pad
+                next_scores += [float("-inf")] * pad
+            if not clip_done[b] and len(finished[b]) >= K:
+                clip_done[b] = early_stopping or max(next_scores[-K:]) / n**lp <= finished[b][-1][0]
+        ids = torch.cat([ids.index_select(0, torch.tensor(next_src)), torch.tensor(next_tok).view(-1, 1)], dim=1)
+        beam_scores = torch.tensor(next_scores).view(B, K)
+        if all(clip_done):
+            break
+    rows, scores = [], []
+    for b in range(B):
+        pool = list(finished[b])
+        for k in range(K):
+            s = beam_scores[b, k].item()
+            if s != float("-inf"):
+                pool.append((s / (ids.shape[1] - 1) ** lp, ids[b * K + k].tolist()))
+        pool.sort(key=lambda f: -f[0])
+        for score, seq in pool[:R]:
+            rows.append(seq)
+            scores.append(score)
+    out = torch.zeros((len(rows), max(len(r) for r in rows)), dtype=torch.long)
+    for r, seq in enumerate(rows):
+        out[r, : len(seq)] = torch.tensor(seq)
+    return out, torch.tensor(scores), steps
+
+
+@pytest.mark.parametrize("eos_boost", [1.0, 4.0, 8.0])  # x the EOS embedding: hypotheses finish at every step
+def test_beam_search_through_hf_generate_equals_the_former_implementation(eos_boost) -> None:
+    from lavila.narrate.tiny import create_tiny_narrator
+
+    model, _ = create_tiny_narrator(seed=1)
+    with torch.no_grad():
+        model.text_decoder.transformer.wte.weight[model.eos_token_id] *= eos_boost
+        tokens = model.encode_image(torch.randn(3, 3, 4, 32, 32, generator=torch.Generator().manual_seed(1)))
+    cases = [(2, 2, 1.0, False, 12), (3, 1, 0.5, False, 10), (4, 2, 2.0, True, 9), (3, 3, 1.0, True, 14)]
+    for K, R, lp, early, max_len in cases:
+        with torch.no_grad():
+            ids, scores, steps = _former_beam_search(model, tokens, K, R, max_len, lp, early)
+        for use_cache in (False, True):
+            cfg = GenerationConfig(strategy="beam", num_beams=K, num_return_sequences=R, length_penalty=lp,
+                                   early_stopping=early, max_len=max_len, use_cache=use_cache)
+            out = generate(model, tokens, cfg)
+            assert torch.equal(out.ids, ids), (K, R, lp, early, use_cache)
+            # the former code normalised in float64 then rounded to float32; HF divides in float32: <= 1 ulp
+            torch.testing.assert_close(out.scores, scores, rtol=2e-7, atol=0)
+            assert out.steps == steps

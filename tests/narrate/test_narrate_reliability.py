@@ -104,6 +104,24 @@ def test_failures_above_the_threshold_abort_and_a_rerun_retries_them(media_dir, 
     assert [(f["index"], f["video_uid"]) for f in failures] == [(1, BAD[0][0]), (3, BAD[1][0])]
 
 
+def test_nothing_decoding_aborts_early_but_retrying_known_failures_does_not(media_dir, tiny_checkpoint, tmp_path,
+                                                                           monkeypatch) -> None:
+    monkeypatch.setattr(nar, "NOTHING_DECODES_AFTER", 2)
+    meta = _metadata(tmp_path / "clips.pkl", GOOD)
+    out = tmp_path / "wrong_root"
+    with pytest.raises(nar.NarrateError, match="none of the 2 clips tried so far could be read"):
+        nar.narrate_metadata(_job(meta, tmp_path / "nowhere", tiny_checkpoint, out))
+    assert sorted(nar.ShardedOutput(out, total=4).scan()[1]) == [0, 1]  # stopped after the first batch, recorded
+
+    meta = _metadata(tmp_path / "mixed.pkl", [GOOD[0], *BAD])
+    out = tmp_path / "mixed"
+    first = nar.narrate_metadata(_job(meta, media_dir, tiny_checkpoint, out, max_failure_rate=0.7))
+    assert (first["failed"], first["failed_total"]) == (2, 2)
+    # a rerun retries only the two known failures: both fail again, which is no reason to abort
+    again = nar.narrate_metadata(_job(meta, media_dir, tiny_checkpoint, out, max_failure_rate=0.7))
+    assert (again["retrying"], again["failed"], again["failed_total"]) == (2, 2, 2)
+
+
 def test_a_transient_failure_exits_1_and_the_rerun_retries_exactly_that_clip(media_dir, tiny_checkpoint, tmp_path,
                                                                              capsys, monkeypatch) -> None:
     from lavila.cli import main

@@ -142,7 +142,8 @@ def test_egtea_finetune_through_the_training_loop_then_lavila_eval(tmp_path, ek1
 
     cfg = make_cfg("egtea", tmp_path, tiny_checkpoint, bpe_path, *paths("egtea", ek100, charades, egtea),
                    "--lr", "1e-2", "--lr-end", "1e-3", "--warmup-epochs", "0", "--eval-num-clips", "2",
-                   "--eval-num-crops", "3", "--clip-stride", "2")
+                   "--eval-num-crops", "3", "--clip-stride", "2",
+                   "--max-decode-failures", "0.5")  # 1 of 4 clips is corrupt: over the default 5% threshold
     result = train(cfg)
     assert result.global_step == 2  # 4 clips (the corrupt one replaced by ResilientDataset) / batch 2
     assert result.last_eval is not None and result.last_eval["num_failed"] == 1.0

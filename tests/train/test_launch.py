@@ -123,3 +123,41 @@ def test_preempted_local_job_saves_requeues_and_ends_with_identical_weights(tmp_
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, 101))
     assert_same_weights(weights(tmp_path / "straight" / "checkpoint.pt"), weights(tmp_path / "job" / "checkpoint.pt"))
+
+
+def test_narration_jobs_are_submitted_through_the_training_launcher(tmp_path, monkeypatch, capsys):
+    """One submitit launcher: `lavila narrate --submitit` builds its executor with `make_executor` too."""
+    from types import SimpleNamespace
+
+    import lavila.train.launch
+    from lavila.narrate.narrate import _submit
+
+    built = []
+
+    class FakeExecutor:
+        cluster = "slurm"
+
+        def submit(self, task):
+            return SimpleNamespace(job_id="42", task=task)
+
+    def fake_make_executor(folder, cluster, params, **kw):
+        built.append((folder, cluster, params))
+        return FakeExecutor()
+
+    monkeypatch.setattr(lavila.train.launch, "make_executor", fake_make_executor)
+    job = SimpleNamespace(timeout_min=60, nodes=4, gpus_per_node=8, num_workers=9, partition="learnlab",
+                          slurm_folder=str(tmp_path / "%j"), cluster="slurm")
+    assert _submit(job) == 0
+    (folder, cluster, params), = built
+    assert (folder, cluster) == (str(tmp_path / "%j"), "slurm")
+    assert params == {"timeout_min": 60, "name": "lavila-narrate", "nodes": 4, "tasks_per_node": 8,
+                      "gpus_per_node": 8, "cpus_per_task": 10, "mem_gb": 440, "slurm_partition": "learnlab"}
+
+
+def test_outside_slurm_the_executor_runs_one_node(tmp_path):
+    from lavila.train.launch import make_executor
+
+    executor = make_executor(str(tmp_path / "%j"), "debug", {"nodes": 4, "gpus_per_node": 8, "tasks_per_node": 8,
+                                                              "timeout_min": 5})
+    assert executor.cluster == "debug"
+    assert executor._executor.parameters["nodes"] == 1

@@ -26,7 +26,10 @@ def _config(tmp_path, media_dir, **extra):
     overrides = {"img_size": 32, "patch_size": 8, "vision_width": cfg.vision.width, "vision_layers": 1,
                  "vision_heads": 2, "text_width": 32, "text_layers": 2, "text_heads": 2,
                  "text_vocab_size": len(tok), "text_hf_config": dict(cfg.text.hf_config), "text_hf_name": None,
-                 "num_img_queries": 8, "pooler_dim_head": 16, "pooler_heads": 2}
+                 "num_img_queries": 8, "pooler_dim_head": 16, "pooler_heads": 2,
+                 # the row describes its tokenizer: this tiny BPE, BOS = EOS = its last id
+                 "tokenizer_name": None, "tokenizer_vocab_size": len(tok), "tokenizer_bos_id": len(tok) - 1,
+                 "tokenizer_eos_id": len(tok) - 1}
     base = {"model": "VCLM_OPENAI_TIMESFORMER_BASE_GPT2", "model_overrides": overrides, "root": str(media_dir),
             "metadata": str(tmp_path / "clips_train.pkl"), "output_dir": str(tmp_path / "out"),
             "tokenizer": str(tmp_path / "tok.json"), "video_chunk_len": -1, "video_fps": -1,

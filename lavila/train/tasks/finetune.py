@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from lavila.config import ConfigError, Where, option
 from lavila.data import benchmarks as B
-from lavila.data.robust import ResilientDataset
+from lavila.data.robust import DecodeFailures, ResilientDataset
 from lavila.eval import metrics
 from lavila.eval.embed import embed_dataset, l2_normalize
 from lavila.eval.zeroshot import (
@@ -80,6 +80,7 @@ class FinetuneConfig(TrainConfig):
     eval_batch_size: int = option(16, "clips per evaluation batch", positive=True)
     eval_limit: int | None = option(None, "evaluate only the first N items (smoke tests)", positive=True)
     bpe_path: str = option("", "CLIP BPE vocabulary file (default: the tokenizer's search path)")
+    max_decode_failures: float = option(0.05, "abort if more than this fraction of clips fail to decode", min=0)
 
     def validate(self, where: Where) -> None:
         super().validate(where)
@@ -248,7 +249,7 @@ class RetrievalFinetuneTask(FinetuneTask):
             texts = [r[3] if isinstance(r[3], str) else str(r[3][0]) for r in rows]
             data = B.SegmentDataset(self.cfg.root, segs, sampling, transform, jitter=True,
                                     extras=lambda j: _tokenize_one(tok, texts[j]), raise_errors=True)
-        return ResilientDataset(data)
+        return ResilientDataset(data, DecodeFailures(self.opts.max_decode_failures))
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
         return _collate(items)
@@ -403,7 +404,7 @@ class ClassificationFinetuneTask(FinetuneTask):
         targets = s.targets
         data = B.SegmentDataset(self.cfg.root, s.segments, sampling, train_transform(crop, mean, std, hflip=True),
                                 jitter=True, extras=lambda i: self._targets(int(targets[i])), raise_errors=True)
-        return ResilientDataset(data)
+        return ResilientDataset(data, DecodeFailures(self.opts.max_decode_failures))
 
     def collate(self, items: list[Any]) -> dict[str, Any]:
         return _collate(items)
