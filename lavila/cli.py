@@ -55,6 +55,8 @@ COMMANDS: dict[str, Verb] = {
                   "embed windows of a folder of videos for text search"),
     "search": Verb("lavila.eval.search", "SearchJob", "run_search",
                    "search an index built by `lavila index` with free text"),
+    "app": Verb("lavila.app", "AppJob", "run_app",
+                "local web app over an index: search, play the moment, narrate videos (pip install -e \".[app]\")"),
 }
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a non-Python tool reports under `| head`

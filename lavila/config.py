@@ -681,7 +681,7 @@ def _run_tyro(cls: type[T], tokens: _Tokens, prog: str, default: Any, where: Whe
     with hook:
         try:
             return tyro.cli(cls, args=tokens.args, prog=prog, default=default, description=description,
-                            config=(tyro.conf.OmitArgPrefixes,))
+                            config=(tyro.conf.OmitArgPrefixes, tyro.conf.PositionalMetavarFromFieldName))
         except ConfigError:
             raise
         except (TypeError, ValueError) as err:  # raised by the dataclass itself (e.g. __post_init__)

@@ -282,16 +282,37 @@ def load_narrations(sources: Sequence[str | Path], videos: Iterable[str],
                     print(f"[narrations] {path}: {name!r} matches no indexed video (or several); ignored",
                           file=sys.stderr)
                     continue
-                rows = []
-                for w in windows:
-                    picked = best_caption(w) if isinstance(w, dict) else None
-                    if picked is None or not isinstance(w.get("start"), int | float):
-                        continue
-                    end = w.get("end", w["start"])
-                    rows.append({"video": video, "start": float(w["start"]), "end": float(end),
-                                 "caption": picked[0].strip(), "score": picked[1]})
-                found[video] = sorted(rows, key=lambda r: (r["start"], r["end"]))
+                found[video] = narration_rows(video, windows)
     return found
+
+
+def narration_rows(video: str, windows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Index rows (video, start, end, caption, score) of one video's narrated windows; failed windows have none."""
+    rows = []
+    for w in windows:
+        picked = best_caption(w) if isinstance(w, dict) else None
+        if picked is None or not isinstance(w.get("start"), int | float):
+            continue
+        rows.append({"video": video, "start": float(w["start"]), "end": float(w.get("end", w["start"])),
+                     "caption": picked[0].strip(), "score": picked[1]})
+    return sorted(rows, key=lambda r: (r["start"], r["end"]))
+
+
+def replace_narrations(folder: str | Path, by_video: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Give the videos of `by_video` these narrations (others keep theirs) as a new generation of the index in
+    `folder` (``lavila app`` after narrating a video); returns the new index."""
+    index = read_library(folder)
+    unknown = set(by_video) - {v["video"] for v in index["videos"]}
+    if unknown:
+        raise ValueError(f"not videos of {folder}: {', '.join(sorted(unknown))}")
+    order = {v["video"]: k for k, v in enumerate(index["videos"])}
+    rows = [r for r in index["narrations"] if r["video"] not in by_video]
+    rows += [r for video_rows in by_video.values() for r in video_rows]
+    index["narrations"] = sorted(rows, key=lambda r: (order[r["video"]], r["start"], r["end"]))
+    index["date"] = now()
+    write_library(folder, index)
+    clean_library(folder)
+    return read_library(folder)
 
 
 class NarrationLookup:

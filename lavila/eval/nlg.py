@@ -198,10 +198,12 @@ class NarratorEvalJob:
 def run_eval_narrator(args: NarratorEvalJob) -> int:
     from lavila.data.metadata import load_metadata
     from lavila.dist import resolve_device
+    from lavila.models.hub import resolve_checkpoint
     from lavila.narrate.generate import GenerationConfig
     from lavila.narrate.narrate import _load_model
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.checkpoint = str(resolve_checkpoint(args.checkpoint))  # a file, a released name or a URL (cached)
     try:
         _require_pycocoevalcap()
         bert = load_bert_tokenizer(args.bert_tokenizer)

@@ -500,6 +500,9 @@ class EvalJob:
 
 
 def run_eval(args: EvalJob) -> int:
+    from lavila.models.hub import resolve_checkpoint
+
+    args.checkpoint = str(resolve_checkpoint(args.checkpoint))  # a file, a released name or a URL (cached)
     try:
         record = evaluate(args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:

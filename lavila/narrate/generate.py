@@ -5,7 +5,8 @@ self-attention keys/values are kept in HF's ``EncoderDecoderCache`` and the cros
 visual tokens are computed once per *clip* (not per return sequence: the R sequences of a clip share them, see
 ``lavila.models.gpt2_gated.VisualCrossAttention``), at the first step; ``use_cache=False`` keeps the reference's
 full recompute (the tests check both give the same tokens and scores). All clips and return sequences run as one
-batch.
+batch. Sampling and greedy decoding are the loop below (the reference's score and post-EOS behaviour, and a
+caller's ``torch.Generator``, are not HF ``generate``'s); beam search is HF ``generate(num_beams=...)`` itself.
 
 Reference semantics kept on purpose:
 
@@ -28,6 +29,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from transformers import GenerationConfig as HFGenerationConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation.logits_process import (
     LogitsProcessorList,
@@ -76,6 +78,9 @@ class GenerationConfig:
             raise ValueError(f"max_len must be >= 2 (BOS + one token), got {self.max_len}")
         if self.num_return_sequences < 1:
             raise ValueError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        if self.strategy == "beam" and self.num_beams < 2:
+            raise ValueError(f"beam search needs num_beams >= 2, got {self.num_beams} (one beam is greedy decoding: "
+                             "strategy greedy)")
         if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
             raise ValueError(f"beam search returns at most num_beams={self.num_beams} sequences, "
                              f"asked for {self.num_return_sequences}")
@@ -122,12 +127,6 @@ class _DecoderStepper:
         else:
             out = self.decoder(ids, encoder_hidden_states=self.image_tokens, use_cache=False, logits_to_keep=1)
         return out.logits[:, -1].float()
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Reorder rows (beam search). Rows only move within their clip, so the per-clip visual keys/values and
-        visual tokens stay as they are; only the text self-attention cache follows."""
-        if self.cache is not None:
-            self.cache.self_attention_cache.reorder_cache(index)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -240,90 +239,97 @@ def teacher_forced_perplexity(model: Any, image_tokens: torch.Tensor, target: to
     return torch.exp(ce.sum(1) / target[:, 1:].ne(PAD_ID).sum(1))
 
 
+class _ClipCache(EncoderDecoderCache):
+    """HF's cache, with beam reordering restricted to the text self-attention part.
+
+    Beams only move within their clip, and the visual keys/values are cached once per *clip* (``[B, ...]``, see
+    ``VisualCrossAttention``), not per beam: they stay as they are.
+    """
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.self_attention_cache.reorder_cache(beam_idx)
+
+
+class _RowTopLogProbs:
+    """Logits processor that keeps, per step, each row's top log-probabilities and changes nothing.
+
+    Beam search only ever extends a row with one of its top ``2 * num_beams`` tokens, so these are enough to add up
+    a hypothesis' score afterwards; HF's own ``sequences_scores`` would need ``output_scores``, which stores every
+    step's full ``[rows, vocab]`` distribution.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.values: list[torch.Tensor] = []
+        self.tokens: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        values, tokens = scores.topk(min(self.k, scores.shape[-1]), dim=-1)
+        self.values.append(values)
+        self.tokens.append(tokens)
+        return scores
+
+    def sequence_log_probs(self, sequences: torch.Tensor, beam_indices: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                torch.Tensor]:
+        """(sum of log p, number of generated tokens) per returned row, summed step by step in float32 as the
+        search accumulated them."""
+        steps = beam_indices.shape[1]
+        generated = beam_indices.ge(0)
+        total = torch.zeros(sequences.shape[0], device=sequences.device)
+        for t in range(steps):
+            rows = beam_indices[:, t].clamp(min=0)
+            hit = self.tokens[t][rows].eq(sequences[:, t + 1].unsqueeze(1))
+            if not bool((hit.any(dim=1) | ~generated[:, t]).all()):
+                raise RuntimeError("beam search picked a token outside its row's top candidates (ties?)")
+            value = torch.where(hit, self.values[t][rows], 0.0).sum(dim=1)  # the one hit, exactly
+            total = total + torch.where(generated[:, t], value, torch.zeros_like(value))
+        return total, generated.sum(dim=1)
+
+
 @torch.no_grad()
 def beam_search(model: Any, image_tokens: torch.Tensor, cfg: GenerationConfig) -> GenerationOutput:
-    """Deterministic beam search per clip; returns the ``num_return_sequences`` best finished hypotheses.
+    """Deterministic beam search per clip: HF ``generate(num_beams=...)`` on the narrator's own GPT-2 decoder.
 
     A hypothesis' score is ``sum log p / n ** length_penalty`` with ``n`` the number of generated tokens including
-    EOS (HF's ``sequence_scores`` convention up to the BOS count). A clip stops once it has ``num_beams`` finished
-    hypotheses and (``early_stopping``) or no live beam can still beat the worst of them. Unfinished beams at
-    ``max_len`` are scored as they are. Rows after EOS are padded with 0.
+    EOS (HF's ``sequence_scores``; normalised in float64 here, HF does it in float32). A clip stops once it has
+    ``num_beams`` finished hypotheses and (``early_stopping``) or no live beam can still beat the worst of them;
+    beams still open at ``max_len`` are scored as they are. Rows after EOS are padded with 0.
+
+    The visual tokens stay one per clip: a forward pre-hook hands them to every decoder call (HF would otherwise
+    repeat them per beam), and :class:`_ClipCache` keeps their keys/values out of the beam reordering.
     """
-    K, R = cfg.num_beams, cfg.num_return_sequences
-    B = image_tokens.shape[0]
-    max_len = min(cfg.max_len, model.max_positions)
-    device = image_tokens.device
-    eos, bos = model.eos_token_id, model.bos_token_id
-    ids = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
-    beam_scores = torch.zeros(B, K, device=device)
-    beam_scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-    clip_done = [False] * B
-    stepper = _DecoderStepper(model.text_decoder, image_tokens, cfg.use_cache)
-    lp = cfg.length_penalty
-    steps = 0
-    for i in range(max_len - 1):
-        logits = stepper(ids, new_tokens=ids.shape[1] if i == 0 else 1)
-        steps += 1
-        logp = F.log_softmax(logits, dim=-1)
-        vocab = logp.shape[-1]
-        cand = (beam_scores.view(-1, 1) + logp).view(B, K * vocab)
-        top_scores, top_idx = cand.topk(2 * K, dim=1)
-        next_src, next_tok, next_scores = [], [], []
-        n_generated = i + 1
-        for b in range(B):
-            chosen = 0
-            for score, flat in zip(top_scores[b].tolist(), top_idx[b].tolist()):
-                beam, tok = divmod(flat, vocab)
-                row = b * K + beam
-                if clip_done[b]:
-                    break
-                if tok == eos:
-                    if len(finished[b]) < K or score / n_generated**lp > min(f[0] for f in finished[b]):
-                        seq = ids[row].tolist() + [eos]
-                        finished[b].append((score / n_generated**lp, seq))
-                        finished[b].sort(key=lambda f: -f[0])
-                        del finished[b][K:]
-                    continue
-                next_src.append(row)
-                next_tok.append(tok)
-                next_scores.append(score)
-                chosen += 1
-                if chosen == K:
-                    break
-            if clip_done[b] or chosen < K:  # a finished clip keeps dummy beams so the batch shape stays fixed
-                pad = K - chosen if not clip_done[b] else K
-                next_src += [b * K] * pad
-                next_tok += [PAD_ID] * pad
-                next_scores += [float("-inf")] * pad
-            if not clip_done[b] and len(finished[b]) >= K:
-                best_live = max(next_scores[-K:])
-                worst = finished[b][-1][0]
-                clip_done[b] = cfg.early_stopping or best_live / n_generated**lp <= worst
-        src = torch.tensor(next_src, device=device)
-        ids = torch.cat([ids.index_select(0, src), torch.tensor(next_tok, device=device).view(-1, 1)], dim=1)
-        beam_scores = torch.tensor(next_scores, device=device).view(B, K)
-        stepper.reorder(src)
-        if all(clip_done):
-            break
-    out_rows: list[list[int]] = []
-    out_scores: list[float] = []
-    n_final = ids.shape[1] - 1
-    for b in range(B):
-        pool = list(finished[b])
-        for k in range(K):  # unfinished beams compete at max length
-            s = beam_scores[b, k].item()
-            if s != float("-inf"):
-                pool.append((s / n_final**lp, ids[b * K + k].tolist()))
-        pool.sort(key=lambda f: -f[0])
-        for score, seq in pool[:R]:
-            out_rows.append(seq)
-            out_scores.append(score)
-    width = max(len(r) for r in out_rows)
-    out = torch.full((len(out_rows), width), PAD_ID, dtype=torch.long, device=device)
-    for r, seq in enumerate(out_rows):
-        out[r, : len(seq)] = torch.tensor(seq, device=device)
-    return GenerationOutput(ids=out, scores=torch.tensor(out_scores, device=device), steps=steps)
+    decoder = model.text_decoder
+    clips, eos = image_tokens.shape[0], model.eos_token_id
+    hf_config = HFGenerationConfig(
+        num_beams=cfg.num_beams, num_return_sequences=cfg.num_return_sequences,
+        max_length=min(cfg.max_len, model.max_positions), early_stopping=cfg.early_stopping,
+        length_penalty=cfg.length_penalty, do_sample=False, bos_token_id=model.bos_token_id, eos_token_id=eos,
+        pad_token_id=PAD_ID, use_cache=cfg.use_cache, return_dict_in_generate=True)
+    top = _RowTopLogProbs(2 * cfg.num_beams)
+    calls = 0
+
+    def add_visual_tokens(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        nonlocal calls
+        calls += 1
+        return args, {**kwargs, "encoder_hidden_states": image_tokens}
+
+    ids = torch.full((clips, 1), model.bos_token_id, dtype=torch.long, device=image_tokens.device)
+    extra = {}
+    if cfg.use_cache:
+        extra[CACHE_KWARG] = _ClipCache(DynamicCache(config=decoder.config), DynamicCache(config=decoder.config))
+    hook = decoder.register_forward_pre_hook(add_visual_tokens, with_kwargs=True)
+    try:
+        out = decoder.generate(ids, generation_config=hf_config, attention_mask=torch.ones_like(ids),
+                               logits_processor=LogitsProcessorList([top]), **extra)
+    finally:
+        hook.remove()
+    seq = out.sequences
+    log_probs, lengths = top.sequence_log_probs(seq, out.beam_indices)
+    scores = [s / n**cfg.length_penalty for s, n in zip(log_probs.tolist(), lengths.tolist(), strict=True)]
+    body = seq[:, 1:]  # HF fills finished rows with EOS (it takes pad id 0 for "none"); ours are 0 after EOS
+    is_eos = body.eq(eos)
+    body.masked_fill_(is_eos.cumsum(dim=1).sub(is_eos.long()).gt(0), PAD_ID)
+    return GenerationOutput(ids=seq, scores=torch.tensor(scores, device=seq.device), steps=calls)
 
 
 def decode_one(ids: torch.Tensor | list[int], tokenizer: Any, bos_token_id: int, eos_token_id: int) -> str:

@@ -18,13 +18,19 @@ fail (a wrong ``--video-root`` fails every clip: it must not "succeed" with 0 ro
 Sampling is seeded per clip (job seed + row index, :func:`clip_generator`), so a clip's narrations do not depend
 on ``--batch-size``, ``--limit``, the world size or where a resumed run restarted.
 
-Video mode::
+Video mode (your own videos, a file or a whole folder tree; :mod:`lavila.narrate.library`)::
 
+    lavila narrate videos/ clip1.mp4 --checkpoint narrator-tsf-b-gpt2 --every 1s --output-dir captions/
     lavila narrate clip1.mp4 clip2.mkv --checkpoint vclm.pth --window 2.0 --stride 1.0 --output-dir captions/
 
-captions every window of ``--window`` seconds, every ``--stride`` seconds (``num_frames`` frames spread over the
-window, as in training), ``--num-return-sequences`` candidates each, written as ``<video>.json`` (all candidates
-with scores) and ``<video>.srt`` (the most confident candidate, i.e. the lowest exp-entropy score).
+captions every window of ``--window`` seconds, every ``--stride`` seconds (``--every T``: one caption every T
+seconds; ``num_frames`` frames spread over the window, as in training), ``--num-return-sequences`` candidates
+each, batched across videos, resumable per video and sharded by video under torchrun; written as
+``<video>.json`` (all candidates with scores, the chosen caption), ``<video>.srt``, ``<video>.txt`` and one
+``captions.json`` for the library. ``--select``, ``--subject`` and ``--merge-repeats`` choose and tidy the
+captions (:mod:`lavila.narrate.captions`).
+
+``--checkpoint`` is a file, a released model-zoo name or a URL (:func:`lavila.models.hub.resolve_checkpoint`).
 """
 
 from __future__ import annotations
@@ -95,11 +101,21 @@ def narrate_batch(model: Any, tokenizer: Any, video: torch.Tensor, gen: Generati
 
 
 def _load_model(args: Any, device: torch.device):
-    """The narrator of ``args.checkpoint`` (any job with checkpoint, tokenizer, num_frames, use_half)."""
+    """The narrator of ``args.checkpoint`` (any job with checkpoint, tokenizer, num_frames, use_half).
+
+    A checkpoint of another kind (a dual encoder) is one line saying what it is and what wants it; a model with
+    random weights (the tiny test narrator) is said to be one, so nobody mistakes its captions for LaViLa's.
+    """
+    from lavila.models.checkpoint import CheckpointError
     from lavila.narrate.loading import load_narrator
 
-    model, tokenizer, _ = load_narrator(args.checkpoint, device, tokenizer=args.tokenizer,
-                                        num_frames=args.num_frames)
+    try:
+        model, tokenizer, meta = load_narrator(args.checkpoint, device, tokenizer=args.tokenizer,
+                                               num_frames=args.num_frames)
+    except CheckpointError as err:
+        raise LavilaError(str(err)) from None
+    if meta.get("random_weights"):
+        log.warning("%s has random weights (a test model): its captions are nonsense", args.checkpoint)
     if args.use_half:
         if device.type == "cpu":
             log.warning("--use-half ignored on CPU (fp16 matmuls are slow or unsupported there); running fp32")
@@ -166,7 +182,9 @@ class NarrateJob:
     checkpoint: str = option(help="narrator checkpoint (ours or a released VCLM .pth)")
     metadata: str | None = option(None, "metadata .pkl/.parquet of clips to narrate (metadata mode)")
     output_dir: str | None = option(None, "metadata mode: parts + merged output; video mode: .json/.srt files")
-    videos: Positional[list[str]] = option(default_factory=list, help="video files to caption densely (video mode)")
+    videos: Positional[list[str]] = option(default_factory=list,
+                                           help="video files or folders (searched recursively) to caption densely "
+                                                "(video mode)")
     video_root: str = option(DEFAULT_VIDEO_ROOT, "Ego4D chunk root (metadata mode)")
     chunk_len: int = option(300, "chunk seconds; -1 = <root>/<uid>.mp4 whole files")
     fps: float = option(30, "frame rate of the chunks; -1 = read from the file")
@@ -187,8 +205,26 @@ class NarrateJob:
                                positive=True)
     output_name: str | None = option(None, "stem of the merged files (default <metadata>.narrator.return_<R>)")
     # video mode
-    window: float = option(2.0, "video mode: window length in seconds", positive=True)
-    stride: float = option(1.0, "video mode: seconds between window starts", positive=True)
+    every: str | None = option(None, "video mode: one caption every this long (1s, 0.5s, 500ms): windows of that "
+                               "length (or --window) every that long")
+    window: float | None = option(None, "video mode: window length in seconds (default 2, or --every)",
+                                  positive=True)
+    stride: float | None = option(None, "video mode: seconds between window starts (default 1)", positive=True)
+    select: Literal["score", "central", "video"] = option(
+        "score", "video mode: caption chosen among the candidates: score = lowest exp-entropy (most confident); "
+        "central = highest mean text-embedding cosine to the other candidates; video = highest text-video "
+        "similarity (both need --dual-encoder)")
+    subject: Literal["keep", "strip", "camera-wearer", "someone"] = option(
+        "keep", "video mode: keep the '#C C ...' wording, strip the # tags, write C as 'the camera wearer' and other "
+        "people as 'someone' (camera-wearer), or everyone as 'someone'")
+    merge_repeats: bool = option(False, "video mode: one segment for consecutive windows with the same caption")
+    dual_encoder: str | None = option(None, "video mode: dual encoder (file, released name or URL) scoring the "
+                                      "candidates for --select central/video")
+    dual_encoder_tokenizer: str | None = option(None, "tokenizer files of --dual-encoder (default: its row's)")
+    captions_file: str = option("captions.json", "video mode: the one-file export {video_id: [segments]} in "
+                                "--output-dir ('' = none)")
+    progress_every: float = option(30.0, "video mode: seconds between progress lines when stderr is not a terminal",
+                                   positive=True)
     # SLURM via submitit (metadata mode)
     launcher: Literal["local", "submitit"] = option(
         "local", "local = run here (or under torchrun); submitit = submit to SLURM", aliases=("--submitit=submitit",
@@ -206,6 +242,18 @@ class NarrateJob:
             raise ConfigError("give either --metadata (with --output-dir) or video files, not both/neither")
         if self.metadata and not self.output_dir:
             raise ConfigError(f"{where('output_dir')}: --metadata needs --output-dir")
+        if self.every is not None:
+            if self.stride is not None:
+                raise ConfigError(f"{where('every')}: give --every or --stride, not both")
+            from lavila.narrate.library import parse_every
+
+            try:
+                parse_every(self.every)
+            except ValueError as err:
+                raise ConfigError(f"{where('every')}: {err}") from None
+        if self.select != "score" and not self.dual_encoder:
+            raise ConfigError(f"{where('select')}: --select {self.select} ranks candidates with a dual encoder; pass "
+                              "--dual-encoder CKPT (or --select score)")
         if not 0 <= self.max_failure_rate <= 1:
             raise ConfigError(f"{where('max_failure_rate')}: must be a fraction in [0, 1], got {self.max_failure_rate}")
         try:
@@ -462,14 +510,16 @@ def _srt_time(t: float) -> str:
 
 
 def to_srt(windows: list[dict[str, Any]], stride: float) -> str:
-    """One cue per window with its most confident caption (lowest score); a cue lasts until the next window starts
-    (overlapping cues display badly), the last one until its window ends."""
+    """One cue per window (or segment) with its ``caption``, else its most confident candidate (lowest score); a
+    cue lasts until the next one starts (overlapping cues display badly), the last one until its window ends."""
     lines = []
-    cues = [w for w in windows if w.get("captions")]
+    cues = [w for w in windows if w.get("captions") or isinstance(w.get("caption"), str)]
     for n, w in enumerate(cues, 1):
         end = min(w["end"], cues[n]["start"]) if n < len(cues) else w["end"]
-        best = min(w["captions"], key=lambda c: c["score"])
-        lines += [str(n), f"{_srt_time(w['start'])} --> {_srt_time(end)}", best["text"].strip() or "…", ""]
+        # a chosen caption (a segment of lavila.narrate.captions) wins over the most confident candidate
+        text = w["caption"] if isinstance(w.get("caption"), str) else min(w["captions"],
+                                                                          key=lambda c: c["score"])["text"]
+        lines += [str(n), f"{_srt_time(w['start'])} --> {_srt_time(end)}", text.strip() or "…", ""]
     return "\n".join(lines)
 
 
@@ -512,42 +562,20 @@ def narrate_video(path: Path, model: Any, tokenizer: Any, gen: GenerationConfig,
 
 
 def run_videos(args: NarrateJob) -> int:
-    from lavila.atomic import atomic_write_text, remove_stale_temps
+    """Video mode: the library of ``args.videos`` (files and folders), see :mod:`lavila.narrate.library`."""
+    from lavila.narrate.library import run_library
 
-    device = resolve_device(args.device)
-    model, tokenizer = _load_model(args, device)
-    gen = args.generation
-    out_dir = Path(args.output_dir or ".")
-    remove_stale_temps(out_dir, [f"{Path(v).stem}.{ext}" for v in args.videos for ext in ("json", "srt")])
-    failed = 0
-    for path in args.videos:
-        path = Path(path)
-        try:
-            result = narrate_video(path, model, tokenizer, gen, args.window, args.stride, args.batch_size,
-                                   seed=args.seed)
-        except DECODE_ERRORS as err:
-            print(f"FAILED {path}: {err}", file=sys.stderr)
-            failed += 1
-            continue
-        bad = sum("error" in w for w in result["windows"])
-        failed += bad > 0
-        atomic_write_text(out_dir / f"{path.stem}.json", json.dumps(result, indent=1, ensure_ascii=False))
-        atomic_write_text(out_dir / f"{path.stem}.srt", to_srt(result["windows"], args.stride))
-        print(f"{path}: {len(result['windows']) - bad} windows captioned"
-              + (f", {bad} failed to decode" if bad else "") + f" -> {out_dir / path.stem}.json/.srt")
-        for w in result["windows"][:3]:
-            if w.get("captions"):
-                print(f"  [{w['start']:.1f}-{w['end']:.1f}s] {min(w['captions'], key=lambda c: c['score'])['text']}")
-    if failed:
-        print(f"{failed} of {len(args.videos)} videos had decode failures (see messages above)", file=sys.stderr)
-    return 1 if failed else 0
+    return run_library(args)
 
 
 # --------------------------------------------------------------------------------------------------------------- CLI
 def run_narrate(job: NarrateJob) -> int:
+    from lavila.models.hub import resolve_checkpoint
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not Path(job.checkpoint).is_file():
-        raise LavilaError(f"checkpoint not found: {job.checkpoint}", exit_code=2)
+    job.checkpoint = str(resolve_checkpoint(job.checkpoint))  # a file, a released name or a URL (cached)
+    if job.dual_encoder:
+        job.dual_encoder = str(resolve_checkpoint(job.dual_encoder))
     if job.videos:
         return run_videos(job)
     if job.launcher == "submitit":

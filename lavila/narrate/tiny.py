@@ -83,12 +83,15 @@ def create_tiny_narrator(seed: int = 0, texts: Iterable[str] = TINY_NARRATIONS, 
 
 
 def create_tiny_narrator_checkpoint(path: str | os.PathLike, seed: int = 0, **config: Any) -> Path:
-    """Write a tiny random narrator checkpoint (weights, config, tokenizer) to ``path``."""
+    """Write a tiny random narrator checkpoint (weights, config, tokenizer) to ``path``.
+
+    It records ``random_weights: True``, so ``lavila narrate`` warns that its captions are nonsense.
+    """
     from lavila.narrate.loading import save_narrator_checkpoint
 
     model, hf_tok = create_tiny_narrator(seed, **config)
     return save_narrator_checkpoint(path, model, tokenizer_json=hf_tok.backend_tokenizer.to_str(),
-                                    tokenizer_bos=EOT)
+                                    tokenizer_bos=EOT, random_weights=True)
 
 
 def main(argv: list[str] | None = None) -> int:

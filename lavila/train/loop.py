@@ -144,6 +144,7 @@ class Trainer:
         self.cpu_group = None
         if self.world > 1 and torch_dist.get_backend() != "gloo":
             self.cpu_group = torch_dist.new_group(backend="gloo")
+        self.signals = StopSignals()
         self.stop_signum = 0
         self.log_this_step = False
         self.clock = time.perf_counter()  # start of the steps not yet logged
@@ -222,7 +223,7 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         if cfg.eval_at_start and p.global_step == 0:
             self.evaluate()
-        with StopSignals() as self.signals, contextlib.closing(self.log):
+        with self.signals, contextlib.closing(self.log):
             while p.epoch < cfg.epochs:
                 batches = self.start_epoch()
                 while p.step_in_epoch < self.iters_per_epoch:
@@ -231,7 +232,7 @@ class Trainer:
                         record = self.write_logs()
                     if self.on_step is not None:
                         self.on_step(p.global_step, record)
-                    if self.eval_in_middle_due():
+                    if self.eval_due(p.global_step, p.step_in_epoch):
                         self.evaluate()
                     if self.stop_signum or self.step_limit_reached():
                         return self.stop()
@@ -377,10 +378,9 @@ class Trainer:
     def step_limit_reached(self) -> bool:
         return self.cfg.stop_after_steps is not None and self.progress.global_step >= self.cfg.stop_after_steps
 
-    def eval_in_middle_due(self, step: int | None = None, step_in_epoch: int | None = None) -> bool:
-        p, freq = self.progress, self.cfg.eval_in_middle_freq
-        step = p.global_step if step is None else step
-        step_in_epoch = p.step_in_epoch if step_in_epoch is None else step_in_epoch
+    def eval_due(self, step: int, step_in_epoch: int) -> bool:
+        """An in-epoch evaluation after optimiser step `step` (``eval_in_middle_freq``; epoch ends evaluate anyway)."""
+        freq = self.cfg.eval_in_middle_freq
         return freq > 0 and step % freq == 0 and step_in_epoch < self.iters_per_epoch
 
     def is_log_step(self) -> bool:
@@ -389,7 +389,7 @@ class Trainer:
         step, step_in_epoch = p.global_step + 1, p.step_in_epoch + 1
         return (step % cfg.print_freq == 0 or step_in_epoch == self.iters_per_epoch or bool(self.stop_signum)
                 or (cfg.stop_after_steps is not None and step >= cfg.stop_after_steps)
-                or self.eval_in_middle_due(step, step_in_epoch))
+                or self.eval_due(step, step_in_epoch))
 
     def check_finite(self, losses: dict[str, torch.Tensor]) -> None:
         """Raise on a non-finite loss of this step or of any step since the last log (agreed over ranks)."""

@@ -24,7 +24,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,9 +36,6 @@ from lavila.atomic import atomic_copy, atomic_save
 from lavila.data.seeding import sample_seed, seed_everything, seeded_rngs  # noqa: F401 - re-exported
 from lavila.failpoints import failpoint
 from lavila.train.optim import optimizer_state_for_checkpoint
-
-if TYPE_CHECKING:
-    from lavila.train.config import TrainConfig
 
 CHECKPOINT_FORMAT = 1  # "lavila_format" in our checkpoints; reference checkpoints have no such key
 LAST = "checkpoint.pt"
@@ -243,10 +240,11 @@ class Checkpointer:
 
     Model, criterion, optimiser (ZeRO shards consolidated, FSDP state as full fully-qualified-name dicts), AMP
     scaler, the RNG states of every rank and the :class:`Progress` the sampler position derives from. :meth:`save`
-    is collective (every rank calls it); rank 0 writes the files.
+    is collective (every rank calls it); rank 0 writes the files. `cfg` is the run's ``TrainConfig`` (not imported
+    here: the config module imports the tasks, which import this module).
     """
 
-    def __init__(self, cfg: TrainConfig, output_dir: Path, *, model: nn.Module, criterion: nn.Module,
+    def __init__(self, cfg: Any, output_dir: Path, *, model: nn.Module, criterion: nn.Module,
                  optimizer: torch.optim.Optimizer, scaler: Any, fsdp: bool, iters_per_epoch: int) -> None:
         self.cfg, self.output_dir = cfg, output_dir
         self.model, self.criterion, self.optimizer, self.scaler = model, criterion, optimizer, scaler

@@ -1,4 +1,6 @@
-"""`lavila index` killed at each of its fail points, then rerun: the index equals an uninterrupted run's."""
+"""`lavila index` killed at each of its fail points, then rerun: the index equals an uninterrupted run's.
+
+The index is a folder (``lavila.eval.library``): generation files, then ``manifest.json`` (the commit point)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,21 @@ from lavila.eval.search import load_index
 from tests.failpoint_helpers import KILLED, leftover_temps, read_trace, run_cli
 
 ATOMIC = ("atomic.tmp_written", "atomic.before_rename", "atomic.after_rename")
-# (point, which file): the partial embeddings flushed during the run, the finished cache entry, the index itself.
-STEPS = [(p, f) for f in ("partial", "entry", "index") for p in ATOMIC] + [("index.written", "index")]
+# (point, which file): the partial embeddings flushed during the run, the finished cache entry, the index's data
+# files (embeddings, segments, videos, narrations of the new generation), its manifest.
+STEPS = [(p, f) for f in ("partial", "entry", "data", "manifest") for p in ATOMIC] + [("index.written", "index")]
+FILES = ["embeddings.g1.safetensors", "manifest.json", "narrations.g1.parquet", "segments.g1.parquet",
+         "videos.g1.parquet"]
 
 
 def _kind(detail: str) -> str:
-    return "partial" if ".partial-rank" in detail else "index" if detail == "videos.index" else "entry"
+    if ".partial-rank" in detail:
+        return "partial"
+    if detail == "videos.index":
+        return "index"
+    if detail == "manifest.json":
+        return "manifest"
+    return "data" if ".g1." in detail else "entry"
 
 
 @pytest.fixture(scope="module")
@@ -67,5 +78,6 @@ def test_index_killed_at_a_fail_point_then_rerun_equals_an_uninterrupted_run(vid
     rerun = run_cli(_args(videos, tiny_checkpoint, out))
     assert rerun.returncode == 0, rerun.stderr
     assert _content(out) == reference["content"]
-    assert sorted(p.name for p in out.parent.iterdir()) == ["videos.index"]  # no work folder, no temporaries
+    assert sorted(p.name for p in out.parent.iterdir()) == ["videos.index"]
+    assert sorted(p.name for p in out.iterdir()) == FILES  # no work folder, no temporaries, no stale generation
     assert not leftover_temps(out.parent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -174,9 +175,11 @@ def test_decode_one_cuts_at_the_first_eos_after_bos(tiny_narrator) -> None:
 
 
 # ------------------------------------------------------------- beam search: HF generate vs the former hand-written one
-def _former_beam_search(model, image_tokens, K, R, max_len, length_penalty, early_stopping):
-    """The project's hand-written beam search as it was before HF ``generate`` took over (full recompute), kept
-    here only to pin down that the switch changed no result."""
+def _former_beam_search(model, image_tokens, K, R, max_len, length_penalty, early_stopping, use_cache):
+    """The project's hand-written beam search as it was before HF ``generate`` took over, kept here only to pin
+    down that the switch changed no result (ids, scores and steps, bit for bit)."""
+    from lavila.narrate.generate import _DecoderStepper
+
     B = image_tokens.shape[0]
     max_len = min(max_len, model.max_positions)
     eos, bos, lp = model.eos_token_id, model.bos_token_id, length_penalty
@@ -185,9 +188,10 @@ def _former_beam_search(model, image_tokens, K, R, max_len, length_penalty, earl
     beam_scores[:, 1:] = float("-inf")
     finished = [[] for _ in range(B)]
     clip_done = [False] * B
+    stepper = _DecoderStepper(model.text_decoder, image_tokens, use_cache)
     steps = 0
     for i in range(max_len - 1):
-        logits = model.text_decoder(ids, encoder_hidden_states=image_tokens, use_cache=False).logits[:, -1].float()
+        logits = stepper(ids, new_tokens=ids.shape[1] if i == 0 else 1)
         steps += 1
         logp = F.log_softmax(logits, dim=-1)
         vocab = logp.shape[-1]
@@ -220,8 +224,11 @@ def _former_beam_search(model, image_tokens, K, R, max_len, length_penalty, earl
                 next_scores += [float("-inf")] * pad
             if not clip_done[b] and len(finished[b]) >= K:
                 clip_done[b] = early_stopping or max(next_scores[-K:]) / n**lp <= finished[b][-1][0]
-        ids = torch.cat([ids.index_select(0, torch.tensor(next_src)), torch.tensor(next_tok).view(-1, 1)], dim=1)
+        src = torch.tensor(next_src)
+        ids = torch.cat([ids.index_select(0, src), torch.tensor(next_tok).view(-1, 1)], dim=1)
         beam_scores = torch.tensor(next_scores).view(B, K)
+        if stepper.cache is not None:
+            stepper.cache.self_attention_cache.reorder_cache(src)
         if all(clip_done):
             break
     rows, scores = [], []
@@ -250,14 +257,17 @@ def test_beam_search_through_hf_generate_equals_the_former_implementation(eos_bo
         model.text_decoder.transformer.wte.weight[model.eos_token_id] *= eos_boost
         tokens = model.encode_image(torch.randn(3, 3, 4, 32, 32, generator=torch.Generator().manual_seed(1)))
     cases = [(2, 2, 1.0, False, 12), (3, 1, 0.5, False, 10), (4, 2, 2.0, True, 9), (3, 3, 1.0, True, 14)]
-    for K, R, lp, early, max_len in cases:
+    for (K, R, lp, early, max_len), use_cache in itertools.product(cases, (False, True)):
         with torch.no_grad():
-            ids, scores, steps = _former_beam_search(model, tokens, K, R, max_len, lp, early)
-        for use_cache in (False, True):
-            cfg = GenerationConfig(strategy="beam", num_beams=K, num_return_sequences=R, length_penalty=lp,
-                                   early_stopping=early, max_len=max_len, use_cache=use_cache)
-            out = generate(model, tokens, cfg)
-            assert torch.equal(out.ids, ids), (K, R, lp, early, use_cache)
-            # the former code normalised in float64 then rounded to float32; HF divides in float32: <= 1 ulp
-            torch.testing.assert_close(out.scores, scores, rtol=2e-7, atol=0)
-            assert out.steps == steps
+            ids, scores, steps = _former_beam_search(model, tokens, K, R, max_len, lp, early, use_cache)
+        cfg = GenerationConfig(strategy="beam", num_beams=K, num_return_sequences=R, length_penalty=lp,
+                               early_stopping=early, max_len=max_len, use_cache=use_cache)
+        out = generate(model, tokens, cfg)
+        assert torch.equal(out.ids, ids), (K, R, lp, early, use_cache)
+        assert torch.equal(out.scores, scores), (K, R, lp, early, use_cache, (out.scores - scores).abs().max())
+        assert out.steps == steps
+
+
+def test_beam_search_needs_two_beams() -> None:
+    with pytest.raises(ValueError, match="num_beams >= 2"):
+        GenerationConfig(strategy="beam", num_beams=1, num_return_sequences=1).validate()

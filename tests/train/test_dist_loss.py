@@ -241,3 +241,20 @@ def test_init_without_rendezvous_says_how_to_fix():
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]))
+
+
+def test_resolve_device_is_the_one_device_rule(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dist_utils.resolve_device() == dist_utils.resolve_device("auto") == dist_utils.resolve_device(None) \
+        == torch.device("cpu")
+    assert dist_utils.resolve_device("cuda", 3) == torch.device("cuda", 3)  # asked for: no silent CPU fallback
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dist_utils.resolve_device("auto", 2) == torch.device("cuda", 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert dist_utils.resolve_device() == torch.device("cuda", 1)  # the launcher's local rank by default
+    assert dist_utils.resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert dist_utils.resolve_device("cpu") == torch.device("cpu")

@@ -125,7 +125,7 @@ def test_preempted_local_job_saves_requeues_and_ends_with_identical_weights(tmp_
     assert_same_weights(weights(tmp_path / "straight" / "checkpoint.pt"), weights(tmp_path / "job" / "checkpoint.pt"))
 
 
-def test_narration_jobs_are_submitted_through_the_training_launcher(tmp_path, monkeypatch, capsys):
+def test_narration_jobs_are_submitted_through_the_training_launcher(tmp_path, monkeypatch):
     """One submitit launcher: `lavila narrate --submitit` builds its executor with `make_executor` too."""
     from types import SimpleNamespace
 
