@@ -79,7 +79,7 @@ def main() -> int:
 
     from torch.utils.data import DataLoader
 
-    from lavila.config import build_config
+    from lavila.train.config import build_config
     from lavila.data.synthetic import synthetic_tokenizer
     from lavila.dist import resolve_device
     from lavila.train.optim import build_optimizer, clamp_logit_scale

@@ -121,8 +121,8 @@ def build_index(args: IndexJob, loaded: Any = None) -> dict[str, Any]:
                          "give a new --out or remove the file")
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
-    out.mkdir(parents=True, exist_ok=True)
-    library.clean_library(out)  # temporaries and superseded generations of a run a kill interrupted
+    if out.is_dir():
+        library.clean_library(out)  # temporaries and superseded generations of a run a kill interrupted
     previous = load_index(out) if library.is_library(out) else None
     device = resolve_device(args.device)
     if loaded is None:
@@ -142,7 +142,8 @@ def build_index(args: IndexJob, loaded: Any = None) -> dict[str, Any]:
         print(f"[index] {', '.join(changed)} changed since the index was built: re-embedding every video",
               file=sys.stderr)
 
-    found = find_videos(folder)
+    inside = out.resolve()
+    found = [p for p in find_videos(folder) if not p.resolve().is_relative_to(inside)]  # INDEX/uploads/ is not ours
     current = {str(p.relative_to(folder)): p.stat() for p in found}
     old = {v["video"]: v for v in previous["videos"]} if reusable else {}
     keep = {rel for rel, st in current.items() if rel in old and old[rel]["status"] == "indexed"
@@ -154,6 +155,7 @@ def build_index(args: IndexJob, loaded: Any = None) -> dict[str, Any]:
     if not windows and not keep:
         raise RuntimeError(f"no readable video in {folder} ({len(skipped)} skipped)")
 
+    out.mkdir(parents=True, exist_ok=True)
     new_rows: dict[str, list[tuple[Window, np.ndarray]]] = {}
     failed_windows: list[dict[str, Any]] = []
     if windows:

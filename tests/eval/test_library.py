@@ -209,3 +209,13 @@ def test_segment_metadata_is_parquet_and_embeddings_safetensors(tmp_path):
     library.clean_library(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", *library.generation_files(2).values()])
     assert load_index(out)["windows"] == index["windows"]
+
+
+def test_an_index_inside_the_video_folder_does_not_index_itself(tmp_path, tiny_checkpoint):
+    videos = tmp_path / "videos"
+    _video(videos / "a.mp4", 15)
+    out = videos / "lib.index"
+    build_index(_job(videos, tiny_checkpoint, out))
+    _video(out / "uploads" / "clip.mp4", 15)  # what `lavila app`'s narrate page stores
+    again = build_index(_job(videos, tiny_checkpoint, out))
+    assert again["videos_indexed"] == ["a.mp4"] and [v["video"] for v in again["videos"]] == ["a.mp4"]
