@@ -79,10 +79,10 @@ def main() -> int:
 
     from torch.utils.data import DataLoader
 
-    from lavila.train.config import build_config
     from lavila.data.synthetic import synthetic_tokenizer
     from lavila.dist import resolve_device
     from lavila.train.optim import build_optimizer, clamp_logit_scale
+    from lavila.train.recipe import build_config
     from lavila.train.state import ResumableDistributedSampler, SeededDataset
     from lavila.train.tasks import make_task
 

@@ -167,9 +167,10 @@ def examples(model: torch.nn.Module, task: Any, seed: int, n: int = 4) -> list[t
 
 def run_demo(args: DemoConfig) -> int:
     from lavila.atomic import atomic_write_text
-    from lavila.train.config import build_config
+    from lavila.models.checkpoint import read_checkpoint
     from lavila.train.loop import train
-    from lavila.train.state import load_checkpoint_file, seeded_rngs
+    from lavila.train.recipe import build_config
+    from lavila.train.state import seeded_rngs
     from lavila.train.tasks import make_task
 
     torch.set_num_threads(args.threads)
@@ -190,7 +191,7 @@ def run_demo(args: DemoConfig) -> int:
     result = train(cfg)
     train_s = time.perf_counter() - t0
     trained = task.build_model()
-    ckpt = load_checkpoint_file(out / "checkpoint.pt")
+    ckpt = read_checkpoint(out / "checkpoint.pt")
     task.load_weights(trained, ckpt["state_dict"], strict=True)
     after = evaluate_splits(trained, task, args.eval_groups, args.seed)
     chance = chance_metrics()

@@ -41,7 +41,7 @@ def test_same_clip_gives_identical_model_inputs_on_every_path(tmp_path, media_di
         4, dtype=torch.long), clip_length=4, is_training=False, chunk_len=-1, fps=-1)
     reference = dataset[0][0]
     assert reference.dtype == torch.float32 and reference.shape == (3, 4, 32, 32)
-    # lavila narrate, metadata mode; lavila eval-narrator builds exactly this dataset (lavila.eval.nlg)
+    # lavila narrate, metadata mode; lavila eval-narrator builds exactly this dataset (lavila.narrate.nlg)
     _, meta_mode, error = nar.ClipDataset([row], [0], str(tmp_path), nar.clip_transform(narrator), 4, **loader)[0]
     assert error is None
     # lavila narrate, video mode: the window's frames through the same transform

@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lavila.errors import LavilaError
 from lavila.models.config import ModelConfig, apply_overrides
 from lavila.models.registry import MODEL_CONFIGS, get_config, row_from_dict
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(LavilaError, RuntimeError):
     """A state dict that does not fit the model; the message lists every offending key."""
 
 
@@ -113,7 +114,7 @@ def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, Any], strict
     return missing
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LavilaError, RuntimeError):
     """A checkpoint that cannot be read or does not say which model it holds; the message names the file."""
 
 

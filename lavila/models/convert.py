@@ -15,6 +15,7 @@ from typing import Any
 
 from tyro.conf import Positional
 
+from lavila.config import option
 from lavila.models.factory import create_model, tokenizer_for
 from lavila.models.pretrained import save_pretrained
 from lavila.models.tokenizers import TokenizerError
@@ -24,18 +25,16 @@ from lavila.models.tokenizers import TokenizerError
 class ConvertJob:
     """Convert a checkpoint (a released reference ``.pth``, ours, or a folder) to a safetensors folder."""
 
-    checkpoint: Positional[str]
-    """checkpoint file (.pth/.pt) or pretrained folder to convert"""
-    out_dir: Positional[str]
-    """folder to write config.json + model.safetensors (+ tokenizer files) into"""
-    model: str = ""
-    """registry name, for reference fine-tuning checkpoints whose args do not name the backbone"""
-    num_frames: int = 0
-    """rebuild for this many frames (temporal embedding inflated/cut); 0 = the checkpoint's"""
-    tokenizer: str = ""
-    """tokenizer files to store beside the weights (folder or file); default: the row's, when found"""
-    trust_checkpoint: bool = False
-    """allow unpickling arbitrary objects (only for a file you trust); released files do not need it"""
+    checkpoint: Positional[str] = option(help="checkpoint file (.pth/.pt) or pretrained folder to convert")
+    out_dir: Positional[str] = option(help="folder to write config.json + model.safetensors (+ tokenizer files)")
+    model: str = option("", "registry name, for reference fine-tuning checkpoints whose args do not name the "
+                        "backbone")
+    num_frames: int = option(0, "rebuild for this many frames (temporal embedding inflated/cut); 0 = the "
+                             "checkpoint's", min=0)
+    tokenizer: str = option("", "tokenizer files to store beside the weights (folder or file); default: the "
+                            "row's, when found")
+    trust_checkpoint: bool = option(False, "allow unpickling arbitrary objects (only for a file you trust); "
+                                    "released files do not need it")
 
 
 def _json_safe(value: Any) -> Any:
@@ -75,3 +74,15 @@ def convert(job: ConvertJob, **overrides: Any) -> Path:
     print(f"converted {job.checkpoint} ({cfg.name}, {cfg.kind}, {cfg.vision.num_frames} frames, "
           f"{cfg.vision.img_size} px) -> {out}")
     return out
+
+
+def run_convert(job: ConvertJob) -> int:
+    """``lavila convert``: expected failures become one line through the CLI's error handling."""
+    from lavila.errors import LavilaError
+    from lavila.models.checkpoint import CheckpointError, CheckpointMismatchError
+
+    try:
+        convert(job)
+    except (CheckpointError, CheckpointMismatchError, TokenizerError, FileNotFoundError) as err:
+        raise LavilaError("; ".join(line.strip() for line in str(err).splitlines())) from err
+    return 0

@@ -45,8 +45,15 @@ _NOUN_LETTER = re.compile(r"\b(?:(?P<article>a|an|the|The|A|An)\s+)?(?P<noun>man
 _LETTER = re.compile(r"(?<![\w'\-])(?P<letter>[B-HJ-Z])(?P<possessive>'s)?(?![\w'\-])")
 
 
+def tidy(text: str) -> str:
+    """One line of text: control characters and runs of whitespace become single spaces, ends stripped (a caption
+    must not break the one-line-per-caption ``.txt`` or an SRT cue)."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+
+
 def normalize_subject(text: str, mode: SubjectMode = "keep") -> str:
-    """``text`` with its subject written the ``mode`` way (see the module docstring); whitespace is tidied."""
+    """``text`` with its subject written the ``mode`` way (see the module docstring); whitespace is tidied
+    (:func:`tidy`) in every mode but ``keep``."""
     if mode == "keep":
         return text
     if mode not in ("strip", "camera-wearer", "someone"):
@@ -60,7 +67,7 @@ def normalize_subject(text: str, mode: SubjectMode = "keep") -> str:
             return who + (m["possessive"] or "")
 
         out = _LETTER.sub(person, out)
-    return " ".join(out.split())
+    return tidy(out)
 
 
 def agreement(embeddings: np.ndarray) -> np.ndarray:
@@ -102,15 +109,16 @@ def window_segments(windows: Sequence[dict[str, Any]], select: SelectMode = "sco
                     subject: SubjectMode = "keep") -> list[dict[str, Any]]:
     """One segment ``{start, end, caption, candidates, score}`` per captioned window (failed windows have none).
 
-    ``caption`` is the selected candidate after subject normalisation; ``candidates`` all texts, normalised alike.
+    ``caption`` is the selected candidate after subject normalisation (on one line, :func:`tidy`); ``candidates``
+    all texts, normalised alike.
     """
     out = []
     for w in windows:
         best = choose(w.get("captions") or [], select)
         if best is None:
             continue
-        out.append({"start": w["start"], "end": w["end"], "caption": normalize_subject(best["text"].strip(), subject),
-                    "candidates": [normalize_subject(c["text"].strip(), subject) for c in w["captions"]],
+        out.append({"start": w["start"], "end": w["end"], "caption": tidy(normalize_subject(best["text"], subject)),
+                    "candidates": [tidy(normalize_subject(c["text"], subject)) for c in w["captions"]],
                     "score": best["score"]})
     return out
 
@@ -153,4 +161,4 @@ def to_text(segments: Sequence[dict[str, Any]]) -> str:
 
 
 __all__ = ["SELECT_NEEDS", "SelectMode", "SubjectMode", "agreement", "choose", "format_seconds", "merge_repeats",
-           "normalize_subject", "segments_of", "to_text", "window_segments"]
+           "normalize_subject", "segments_of", "tidy", "to_text", "window_segments"]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -455,7 +456,7 @@ def render(doc: dict[str, Any], job: NarrateJob) -> tuple[dict[str, Any], list[d
             w.pop("caption", None)
             w.pop("score", None)
         else:
-            w["caption"] = cap.normalize_subject(best["text"].strip(), job.subject)
+            w["caption"] = cap.tidy(cap.normalize_subject(best["text"], job.subject))
             w["score"] = best["score"]
     doc["postprocess"] = {"select": job.select, "subject": job.subject, "merge_repeats": job.merge_repeats}
     return doc, cap.segments_of(doc, job.select, job.subject, job.merge_repeats)
@@ -600,7 +601,8 @@ def _narrate_stream(job: NarrateJob, runnable: list[VideoState], by_index: dict[
         tasks.append(_Task(s.video.index, str(s.video.path),
                            [(k, s.windows[k].frame_ids, de[k].frame_ids if de else None) for k in ks]))
         remaining[s.video.index] = len(ks)
-    workers = min(job.num_workers, len(tasks))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(job.num_workers, len(tasks), cpus)  # a worker takes whole videos; more than CPUs only thrash
     stream = WindowStream(tasks, clip_transform(model), scorer.transform if scorer is not None else None)
     loader = DataLoader(stream, batch_size=job.batch_size, num_workers=workers, collate_fn=collate_windows,
                         pin_memory=next(model.parameters()).device.type == "cuda")

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lavila.errors import ConfigError
-from lavila.train.config import TrainConfig, load_config
+from lavila.train.config import TrainConfig
+from lavila.train.recipe import load_config
 
 
 @dataclass

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lavila import dist
+from lavila.models.checkpoint import read_checkpoint
 from lavila.train.config import TrainConfig
 from lavila.train.metrics import Console, MetricsLog, PendingSteps, materialize, plot_curves
 from lavila.train.optim import LRSchedule, clip_gradients, set_lr
@@ -43,7 +44,6 @@ from lavila.train.state import (
     Progress,
     ResumableDistributedSampler,
     SeededDataset,
-    load_checkpoint_file,
     seed_everything,
     seeded_rngs,
 )
@@ -160,7 +160,7 @@ class Trainer:
             self.criterion = task.build_criterion()
         auto_path = self.output_dir / LAST
         resume_path = auto_path if auto_path.is_file() else (Path(cfg.resume) if cfg.resume else None)
-        ckpt = load_checkpoint_file(resume_path, trusted=cfg.trust_checkpoint) if resume_path else None
+        ckpt = read_checkpoint(resume_path, trust=cfg.trust_checkpoint) if resume_path else None
         auto = ckpt is not None and resume_path == auto_path
         if ckpt is not None:
             missing = task.load_weights(self.model, ckpt["state_dict"], strict=auto)
@@ -168,7 +168,7 @@ class Trainer:
                   f"step {ckpt.get('step_in_epoch', 0)} in epoch)"
                   f"{f'; missing keys: {len(missing)}' if missing else ''}")
         elif cfg.init_from:
-            init = load_checkpoint_file(cfg.init_from, trusted=cfg.trust_checkpoint)
+            init = read_checkpoint(cfg.init_from, trust=cfg.trust_checkpoint)
             missing = task.load_weights(self.model, init["state_dict"], strict=False)
             print(f"=> initialised from {cfg.init_from} ({len(missing)} model keys not in it)")
         self.model.to(self.device)

@@ -18,7 +18,6 @@ puts it back on resume.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 from collections.abc import Iterator
@@ -50,36 +49,6 @@ def epoch_checkpoint_name(epoch: int) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Reading checkpoints
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def load_checkpoint_file(path: str | os.PathLike, trusted: bool = False) -> dict[str, Any]:
-    """Read a checkpoint (ours or the reference's) on CPU.
-
-    ``weights_only=True`` with ``argparse.Namespace`` allow-listed reads both; a file that needs arbitrary
-    unpickling is refused unless `trusted` (``--trust-checkpoint``), because unpickling runs code.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling refusal
-        if not trusted:
-            raise RuntimeError(
-                f"{path}: cannot be read with torch.load(weights_only=True): {err}\n"
-                "If you trust this file, pass --trust-checkpoint to load it with weights_only=False."
-            ) from err
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
-    if "state_dict" not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        ckpt = {"state_dict": ckpt}
-    return ckpt
-
-
-def strip_module_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
 def add_module_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:

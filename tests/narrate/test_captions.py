@@ -116,6 +116,14 @@ def test_segments_of_a_document_select_normalise_and_merge() -> None:
     assert cap.to_text(segs) == "0: the camera wearer stirs the food\n2: the camera wearer stirs the food\n"
 
 
+def test_captions_are_one_line_whatever_the_narrator_emits() -> None:
+    raw = " C cuts\nthe\tbread\x1c\x12 "
+    doc = {"windows": [{"start": 0.0, "end": 1.0, "captions": [{"text": raw, "score": 1.0}]}]}
+    (seg,) = cap.segments_of(doc, "score", "keep")
+    assert seg["caption"] == "C cuts the bread" and seg["candidates"] == ["C cuts the bread"]
+    assert cap.to_text([seg]) == "0: C cuts the bread\n"
+
+
 def test_format_seconds() -> None:
     assert [cap.format_seconds(t) for t in (0, 0.0, 1.5, 12.25, 179.0, 2.0004)] == ["0", "0", "1.5", "12.25", "179",
                                                                                     "2"]

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("pycocoevalcap", reason="NLG metrics need the optional dependency: pip install 'lavila[nlg]'")
 
-from lavila.eval.nlg import bert_normalize, compute_nlg_metrics  # noqa: E402
+from lavila.narrate.nlg import bert_normalize, compute_nlg_metrics  # noqa: E402
 
 REFS = ["a man cuts the bread", "the woman stirs the pot"]
 HYPS = ["a man cuts bread", "the woman stirs a pot"]

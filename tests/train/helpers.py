@@ -9,8 +9,9 @@ from typing import Any
 import torch
 import yaml
 
-from lavila.train.config import TrainConfig, build_config
-from lavila.train.state import load_checkpoint_file, strip_module_prefix
+from lavila.models.checkpoint import read_checkpoint, strip_prefix
+from lavila.train.config import TrainConfig
+from lavila.train.recipe import build_config
 
 TINY_MODEL = {"img_size": 32, "patch_size": 8, "vision_width": 32, "vision_layers": 1, "vision_heads": 2,
               "text_width": 32, "text_layers": 1, "text_heads": 2}
@@ -75,7 +76,7 @@ def write_yaml(path: Path, values: dict[str, Any]) -> Path:
 
 
 def weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    return strip_module_prefix(load_checkpoint_file(checkpoint)["state_dict"])
+    return strip_prefix(read_checkpoint(checkpoint)["state_dict"])
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:

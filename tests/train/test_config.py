@@ -8,7 +8,7 @@ import pytest
 
 from lavila.cli import main as lavila_main
 from lavila.config import ConfigError
-from lavila.train.config import build_config, load_config
+from lavila.train.recipe import build_config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"

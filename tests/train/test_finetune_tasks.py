@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lavila.train.config import load_config
 from lavila.train.optim import set_lr
+from lavila.train.recipe import load_config
 from lavila.train.tasks.finetune import ClassificationFinetuneTask, ClassificationLoss, RetrievalFinetuneTask
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from lavila.cli import main as lavila_main
-from lavila.train.config import load_config
 from lavila.train.launch import Trainer, build_executor, submit
 from lavila.train.loop import train
+from lavila.train.recipe import load_config
 from tests.train.helpers import assert_same_weights, tiny_config, weights
 
 

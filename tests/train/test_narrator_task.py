@@ -7,7 +7,7 @@ import pickle
 import torch
 
 from lavila.narrate.tiny import build_tiny_tokenizer, tiny_narrator_config
-from lavila.train.config import load_config
+from lavila.train.recipe import load_config
 from lavila.train.tasks.narrator import NarratorTask
 
 CLIPS = [

@@ -14,8 +14,8 @@ import torch
 
 from lavila.cli import main as cli_main
 from lavila.config import ConfigError
-from lavila.train.config import load_config
 from lavila.train.loop import train
+from lavila.train.recipe import load_config
 from lavila.train.state import load_checkpoint_file
 from tests.benchmark_files import write_ek100
 from tests.conftest import reference_file

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from lavila.models.checkpoint import CheckpointError, read_checkpoint
 from lavila.train.optim import LOGIT_SCALE_MAX, LRSchedule, clamp_logit_scale, reference_param_groups
 from lavila.train.state import (
     ResumableDistributedSampler,
     SeededDataset,
     atomic_save,
     capture_rng_state,
-    load_checkpoint_file,
     restore_rng_state,
     write_checkpoint,
 )
@@ -50,12 +50,12 @@ def test_reference_style_checkpoint_loads_without_unpickling_code(tmp_path):
     path = tmp_path / "ref.pth"
     torch.save({"state_dict": {"module.w": torch.ones(1)}, "args": argparse.Namespace(model="X", betas=(0.9, 0.99)),
                 "epoch": 3, "best_acc1": 0.5}, path)
-    ckpt = load_checkpoint_file(path)
+    ckpt = read_checkpoint(path)
     assert ckpt["args"].model == "X" and ckpt["epoch"] == 3
     torch.save({"state_dict": {}, "evil": Evil()}, path)
-    with pytest.raises(RuntimeError, match="--trust-checkpoint"):
-        load_checkpoint_file(path)
-    assert isinstance(load_checkpoint_file(path, trusted=True)["evil"], Evil)
+    with pytest.raises(CheckpointError, match="--trust-checkpoint"):
+        read_checkpoint(path)
+    assert isinstance(read_checkpoint(path, trust=True)["evil"], Evil)
 
 
 class Evil:

@@ -62,9 +62,9 @@ class NarratorTask(Task):
         self._tokenizer: Any = None
         auto = Path(cfg.output_dir) / "checkpoint.pt"
         if cfg.resume and not auto.is_file():
-            from lavila.train.state import load_checkpoint_file
+            from lavila.models.checkpoint import read_checkpoint
 
-            ckpt = load_checkpoint_file(cfg.resume, trusted=cfg.trust_checkpoint)
+            ckpt = read_checkpoint(cfg.resume, trust=cfg.trust_checkpoint)
             if not is_narrator_state_dict(ckpt.get("state_dict", {})):
                 print(f"=> {cfg.resume} is not a narrator checkpoint: loading only its visual tower, ignoring its "
                       "epoch/optimizer/scaler (stage-1 initialisation)")
