@@ -45,7 +45,7 @@ COMMANDS: dict[str, Verb] = {
                           "cut Ego4D videos into fixed-length, resized chunks"),
     "convert-metadata": Verb("lavila.data.metadata", "ConvertJob", "run_convert",
                              "convert a metadata pickle to Parquet (or back)"),
-    "narrate": Verb("lavila.narrate.narrate", "NarrateJob", "run_narrate",
+    "narrate": Verb("lavila.narrate.library", "NarrateJob", "run_narrate",
                     "narrate a metadata file or your own videos with a narrator"),
     "rephrase": Verb("lavila.narrate.rephrase", "RephraseJob", "run_rephrase",
                      "paraphrase human narrations with a T5 rephraser"),

@@ -73,9 +73,16 @@ def demo_values(output_dir: str, steps: int, seed: int, batch_size: int, workers
 
 @dataclass
 class DemoConfig:
-    """Pre-train a tiny video-text dual encoder on an embedded synthetic egocentric set, on CPU (no data)."""
+    """The whole LaViLa recipe in miniature on synthetic egocentric videos, on CPU (no data, no downloads).
 
-    steps: int = option(1000, "optimiser steps (~3 min on 2 cores)", positive=True)
+    Stages (resumable; see docs/demo.md): world -> baseline dual encoder -> GPT-2 LM -> narrator -> narrate ->
+    rephraser -> LaViLa dual encoder (+ ablations) -> evaluation. ``--quick``: only pre-train one dual encoder on
+    rendered clips (the short version).
+    """
+
+    quick: bool = option(False, "the short version: one dual encoder on rendered clips (no narrator/rephraser)")
+    ablations: bool = option(True, "full recipe: also train the narrator-only and rephraser-only dual encoders")
+    steps: int = option(1000, "--quick: optimiser steps (~3 min on 2 cores)", positive=True)
     seed: int = option(0, "random seed (data, initial weights)", min=0)
     batch_size: int = option(32, "clips per step", positive=True)
     output_dir: str = option("./demo_out", "checkpoints, metrics, plots and demo_results.json go here")
@@ -166,6 +173,30 @@ def examples(model: torch.nn.Module, task: Any, seed: int, n: int = 4) -> list[t
 
 
 def run_demo(args: DemoConfig) -> int:
+    """The demo, holding its output folder's lock throughout: a second demo (or training) started there while this
+    one runs is refused instead of resuming its checkpoint and overwriting its files (``lavila.locks``)."""
+    from lavila.locks import output_lock
+
+    with output_lock(args.output_dir, "lavila demo"):
+        return _run_demo(args)
+
+
+def _run_demo(args: DemoConfig) -> int:
+    if args.quick:
+        return run_quick_demo(args)
+    from lavila.demo_recipe import RecipeSizes, print_report, run_recipe
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.output_dir)
+    print("lavila demo: the LaViLa recipe on synthetic egocentric videos with sparse human narrations "
+          f"(stages resume from {out}/stage_*.done; --quick for the short version)")
+    doc = run_recipe(out, RecipeSizes(ablations=args.ablations), seed=args.seed, progress=args.progress)
+    print_report(doc, out)
+    return 0
+
+
+def run_quick_demo(args: DemoConfig) -> int:
+    """The short demo: one tiny dual encoder pre-trained on rendered clips, retrieval before/after."""
     from lavila.atomic import atomic_write_text
     from lavila.models.checkpoint import read_checkpoint
     from lavila.train.loop import train

@@ -8,7 +8,9 @@ because the all-gather used for the global batch passes gradients back (see `all
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime
+import functools
 import os
 import warnings
 from collections.abc import Mapping
@@ -79,6 +81,82 @@ def resolve_device(spec: str | None = "auto", local_rank: int | None = None) -> 
         rank = world_info_from_env().local_rank if local_rank is None else local_rank
         return torch.device("cuda", rank)
     return torch.device(spec)
+
+
+# --------------------------------------------------------------------------------------------------- precision
+# One rule for every entry point (train, eval, index, narrate, benchmarks), next to the device rule it depends on.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic units (x86 AMX-BF16 / AVX-512-BF16, Arm BF16); detected once.
+
+    Why not simply "bf16 everywhere": on a CPU without them (e.g. AVX2 only) PyTorch emulates bf16 matmuls by
+    converting to fp32 and back, which is much *slower* than fp32, so ``auto`` must stay fp32 there.
+    ``torch.backends.cpu.get_cpu_capability()`` says at best "AVX512", which does not imply bf16 units, so the
+    kernel's CPU flags decide. ``LAVILA_CPU_BF16=0/1`` overrides the detection (macOS/Windows have no /proc).
+    """
+    forced = os.environ.get("LAVILA_CPU_BF16")
+    if forced is not None:
+        return forced.strip().lower() in ("1", "true", "yes", "on")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return bool(set(value.split()) & {"amx_bf16", "avx512_bf16", "bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` has native bf16 units: Ampere-or-newer GPUs, CPUs per :func:`cpu_has_bf16`.
+
+    Emulated bf16 (a V100, an AVX2 CPU) counts as unsupported: it is slower than fp32 and buys nothing.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # older torch without the keyword
+            return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_has_bf16()
+    return False
+
+
+def default_precision(device: torch.device) -> str:
+    """What ``auto`` means on ``device``: bf16 autocast where the hardware has bf16 units, fp32 elsewhere.
+
+    Never fp16 by default: it needs loss scaling in training and overflows in places (attention logits) that bf16
+    does not. Conformance fixtures never go through ``auto``: they always run fp32.
+    """
+    return "bf16" if bf16_supported(device) else "fp32"
+
+
+def effective_precision(device: torch.device, precision: str) -> str:
+    """The precision a run really uses (``auto`` resolved by :func:`default_precision`; explicit choices kept)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+    return default_precision(torch.device(device)) if precision == "auto" else precision
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``precision`` on ``device`` (CPU or CUDA alike); fp32 is no autocast at all.
+
+    Matmuls, convolutions and attention run in the low precision while weights, LayerNorm/softmax statistics and
+    outputs cast back stay fp32, so a model needs no change and fp32 weights are shared with training.
+    """
+    device = torch.device(device)
+    precision = effective_precision(device, precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def init_distributed(

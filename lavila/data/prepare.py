@@ -522,14 +522,14 @@ def prepare_all(
     src: str | os.PathLike, dst: str | os.PathLike, cfg: PrepareConfig, workers: int = 1, progress: bool = True
 ) -> list[VideoReport]:
     """Chunk every video of `src` into `dst` with `workers` processes; writes `dst/prepare_report.json`."""
-    from tqdm import tqdm
+    from lavila.progress import progress as progress_bar  # tqdm on a terminal, plain periodic lines in a log
 
     sources = list_sources(src)
     Path(dst).mkdir(parents=True, exist_ok=True)
     remove_stale_temps(dst, "prepare_report.json")  # per-video leftovers: removed when the video is redone
     jobs = [(str(s), str(dst), cfg) for s in sources]
     reports: list[VideoReport] = []
-    bar = tqdm(total=len(jobs), unit="video", desc="prepare-ego4d", disable=not progress)
+    bar = progress_bar(total=len(jobs), unit="video", desc="prepare-ego4d", enabled=progress)
     if workers <= 1:
         for job in jobs:
             reports.append(_work(job))
@@ -568,9 +568,12 @@ class PrepareJob:
 
 
 def run_prepare(args: PrepareJob) -> int:
+    from lavila.locks import output_lock
+
     t0 = time.time()
     try:
-        reports = prepare_all(args.src, args.dst, args.settings, args.workers, progress=args.progress)
+        with output_lock(args.dst, "lavila prepare-ego4d"):  # one job per destination (a second is refused)
+            reports = prepare_all(args.src, args.dst, args.settings, args.workers, progress=args.progress)
     except FileNotFoundError as err:
         raise LavilaError(str(err), exit_code=2) from err
     s = summarize(reports)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -258,5 +260,183 @@ def chance_median_rank(n: int) -> float:
     return (n + 1) / 2
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Long videos with sparse human narrations (the world of the full `lavila demo` recipe)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """Sizes of the long-video world; every number is a knob of ``lavila demo`` (tests use smaller ones).
+
+    Each training video is ``segments`` back-to-back actions of ``segment_seconds`` each, drawn from *all* 120
+    combinations. A human narrated only ``narrated`` of the moments, and only moments of the 96 seen
+    combinations (as in Ego4D, where most moments are never narrated and rare compositions rarely are): the 24
+    held-out combinations occur in the training videos but no human ever names them. The test videos are
+    separate renders with a true description of every moment.
+    """
+
+    videos: int = 32
+    segments: int = 8
+    segment_seconds: float = 1.0
+    fps: int = 8
+    size: int = 40
+    narrated: float = 0.3
+    test_videos: int = 12
+    val_videos: int = 3
+    seed: int = 0
+
+
+PARAPHRASE_PAIRS_FILE = "paraphrase_pairs.json"
+WORLD_FILE = "world.json"
+
+
+def paraphrase_pairs(combos: list[Combo] | None = None) -> list[tuple[str, str]]:
+    """(human narration, paraphrase) pairs: every paraphrase template applied to each seen combination.
+
+    The rephraser's training data. It only holds combinations a human narrated (the seen ones), so a paraphraser
+    that generalises must learn the template swap, not the sentences.
+    """
+    combos = split_combos("train") if combos is None else combos
+    return [(k.caption(), t.format(c=k.colour, o=k.obj)) for k in combos for t in PARAPHRASES[k.action]]
+
+
+def world_words() -> list[str]:
+    """Every word of the world, case kept (the GPT-2/T5 vocabularies; ``#C`` is one word)."""
+    texts = list(HUMAN_TEMPLATES.values()) + [t for v in PARAPHRASES.values() for t in v]
+    words = {w for t in texts for w in t.split() if w not in ("{c}", "{o}")}
+    return sorted(words | set(COLOURS) | set(OBJECTS))
+
+
+def gpt2_word_tokenizer() -> Any:
+    """A GPT-2-style HF tokenizer over the world's words: id 0 ``<pad>``, BOS = EOS = ``<|endoftext|>`` = last id.
+
+    Word-level (``tokenizers`` WordLevel, whitespace split) because a 100-word world needs no BPE; saved as an
+    ordinary ``tokenizer.json`` folder, so the narrator task's ``tokenizer`` key and ``lavila narrate`` read it.
+    """
+    return _word_level(["<pad>", "<unk>"] + world_words() + ["<|endoftext|>"], unk="<unk>", pad="<pad>",
+                       bos="<|endoftext|>", eos="<|endoftext|>")
+
+
+def t5_word_tokenizer() -> Any:
+    """A T5-style HF tokenizer over the world's words and the rephraser prompt: pad 0, ``</s>`` 1, ``<unk>`` 2."""
+    return _word_level(["<pad>", "</s>", "<unk>", "paraphrase:"] + world_words(), unk="<unk>", pad="<pad>",
+                       eos="</s>")
+
+
+def _word_level(vocab: list[str], *, unk: str, pad: str, eos: str, bos: str | None = None) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    special = [w for w in (pad, unk, eos, bos) if w]
+    tok.add_special_tokens(list(dict.fromkeys(special)))
+    kw = {"bos_token": bos} if bos else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, pad_token=pad, eos_token=eos, **kw)
+
+
+def _video_combos(rng: np.random.Generator, n: int, pool: list[Combo]) -> list[Combo]:
+    return [pool[int(i)] for i in rng.integers(0, len(pool), n)]
+
+
+def write_world(root: str | Path, spec: WorldSpec = WorldSpec(), progress: Any = None) -> dict[str, Any]:
+    """Render the world to ``root``: mp4 videos and metadata files in the reference (Ego4D) formats.
+
+    ``root/videos/<uid>.mp4`` (whole videos: read with ``chunk_len -1, fps -1``) and, as 4-tuple pickles
+    ``(uid, start, end, text)``:
+
+    * ``ego4d_train.pkl`` - the sparse human narrations (seen combinations only);
+    * ``ego4d_val.pkl``   - human narrations of the validation videos (the training loop's validation loss);
+    * ``windows_train.pkl`` - every moment of the training videos, narrated or not (what ``lavila narrate``
+      pseudo-labels; the text is the human narration where there is one, else ``""``);
+    * ``heldout_test.pkl`` - every moment of the test videos with its true description;
+      ``world.json`` says which rows are unseen combinations;
+    * ``paraphrase_pairs.json`` - the rephraser's (human, paraphrase) training pairs.
+
+    Idempotent: a video already on disk is not rendered again. Returns the ``world.json`` document.
+    """
+    import json
+
+    from lavila.atomic import atomic_write_text
+    from lavila.data.metadata import save_metadata
+    from lavila.data.prepare import write_video
+
+    root = Path(root)
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    everything = all_combos()
+    seg, fpv = spec.segment_seconds, max(int(round(spec.segment_seconds * spec.fps)), 2)
+    rows: dict[str, list[tuple[str, float, float, str]]] = {"train": [], "windows": [], "val": [], "test": []}
+    unseen_test: list[bool] = []
+    unseen_in_train = 0
+    windows_truth: list[str] = []
+    plan = ([("train", i) for i in range(spec.videos)] + [("val", i) for i in range(spec.val_videos)]
+            + [("test", i) for i in range(spec.test_videos)])
+    for split, i in plan:
+        uid = f"synth_{split}_{i:03d}"
+        rng = np.random.default_rng([spec.seed, ("train", "val", "test").index(split), i, 7])
+        combos = _video_combos(rng, spec.segments, everything if split != "val" else split_combos("train"))
+        narrate_rng = np.random.default_rng([spec.seed, i, 11])
+        for k, combo in enumerate(combos):
+            t0, t1 = round(k * seg, 3), round((k + 1) * seg, 3)
+            if split == "train":
+                human = not is_heldout(combo) and narrate_rng.random() < spec.narrated
+                text = combo.caption() if human else ""
+                rows["windows"].append((uid, t0, t1, text))
+                unseen_in_train += is_heldout(combo)
+                windows_truth.append(combo.caption())
+                if human:
+                    rows["train"].append((uid, t0, t1, text))
+            elif split == "val":
+                rows["val"].append((uid, t0, t1, combo.caption()))
+            else:
+                rows["test"].append((uid, t0, t1, combo.caption()))
+                unseen_test.append(is_heldout(combo))
+        path = root / "videos" / f"{uid}.mp4"
+        if not path.is_file():
+            frames = np.concatenate([render_clip(c, rng, fpv, spec.size) for c in combos])
+            tmp = path.with_name(f".{path.name}.tmp.mp4")
+            write_video(tmp, iter(frames), spec.fps)
+            tmp.replace(path)
+        if progress is not None:
+            progress.update(1)
+    if not rows["train"]:
+        raise ValueError(f"world {spec}: no moment was narrated; raise videos, segments or narrated")
+    files = {"train": "ego4d_train.pkl", "windows": "windows_train.pkl", "val": "ego4d_val.pkl",
+             "test": "heldout_test.pkl"}
+    for key, name in files.items():
+        save_metadata(rows[key], root / name)
+    atomic_write_text(root / PARAPHRASE_PAIRS_FILE, json.dumps(paraphrase_pairs(), indent=0) + "\n")
+    moments = len(rows["windows"])
+    doc = {"spec": asdict(spec), "video_root": str(root / "videos"), "files": files,
+           "moments": moments, "human_narrations": len(rows["train"]),
+           "coverage": len(rows["train"]) / moments, "test_unseen": unseen_test,
+           "unseen_combination_moments_in_train_videos": unseen_in_train,
+           "windows_truth": windows_truth}
+    atomic_write_text(root / WORLD_FILE, json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def _combo_of(caption: str) -> Combo | None:
+    """The combination a human-template caption describes (None for any other text)."""
+    return _CAPTION_TO_COMBO.get(caption)
+
+
+_CAPTION_TO_COMBO = {k.caption(): k for k in all_combos()}
+
+
+def describe(caption: str) -> Combo | None:
+    """The combination a narration names, human template or paraphrase (None if it matches neither)."""
+    if caption in _CAPTION_TO_COMBO:
+        return _CAPTION_TO_COMBO[caption]
+    return _PARAPHRASE_TO_COMBO.get(caption)
+
+
+_PARAPHRASE_TO_COMBO = {t.format(c=k.colour, o=k.obj): k for k in all_combos() for t in PARAPHRASES[k.action]}
+
+
 __all__ = ["COLOURS", "OBJECTS", "ACTIONS", "Combo", "SyntheticEgoClips", "synthetic_tokenizer", "all_combos",
-           "chance_recall", "chance_median_rank", "heldout_groups", "is_heldout", "render_clip", "split_combos"]
+           "chance_recall", "chance_median_rank", "heldout_groups", "is_heldout", "render_clip", "split_combos",
+           "WorldSpec", "describe", "gpt2_word_tokenizer", "paraphrase_pairs", "t5_word_tokenizer", "world_words",
+           "write_world"]

@@ -8,9 +8,6 @@ sharded over ``torchrun`` ranks and the results all-gathered, and finished work 
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,11 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from lavila import dist
 from lavila.data.benchmarks import collate_views
+from lavila.dist import PRECISIONS, autocast_context, cpu_has_bf16, default_precision, effective_precision
 from lavila.eval.cache import EmbeddingCache
+from lavila.progress import progress as progress_bar  # tqdm on a terminal, plain periodic lines in a log
 
 EncodeFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -42,70 +40,11 @@ class EmbedResult:
         return mask
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic units (x86 AMX-BF16 / AVX-512-BF16, Arm BF16).
-
-    Why not simply "bf16 everywhere": on a CPU without them (e.g. AVX2 only), PyTorch emulates bf16 matmuls by
-    converting to fp32 and back, which is much *slower* than fp32 (a 1024^2 matmul measured 46x slower on the AVX2
-    machines of this project), so ``auto`` must stay fp32 there. ``LAVILA_CPU_BF16=0/1`` overrides the detection.
-    """
-    forced = os.environ.get("LAVILA_CPU_BF16")
-    if forced is not None:
-        return forced.strip().lower() in ("1", "true", "yes", "on")
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key = line.split(":", 1)[0].strip().lower()
-                if key in ("flags", "features"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
-    except OSError:
-        pass
-    # No /proc (macOS, Windows): torch.backends.cpu.get_cpu_capability() says "AVX512" at best, which does not imply
-    # bf16 units, so stay with the safe answer; LAVILA_CPU_BF16=1 opts in.
-    return False
-
-
-def default_precision(device: torch.device) -> str:
-    """What ``auto`` means: bf16 autocast where the hardware has bf16 units, fp32 elsewhere.
-
-    CUDA: bf16 on GPUs with native bf16 (Ampere and newer), fp32 on older ones (a V100 would emulate it). CPU: bf16
-    only with bf16 units (see :func:`cpu_has_bf16`). Conformance fixtures never go through ``auto``: they run fp32.
-    """
-    if device.type == "cuda":
-        try:
-            native = torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # older torch without the keyword
-            native = torch.cuda.is_bf16_supported()
-        return "bf16" if native else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_bf16() else "fp32"
-    return "fp32"
-
-
-def effective_precision(device: torch.device, precision: str) -> str:
-    """The precision a run really uses (``auto`` resolved); it is part of the embedding cache key."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
-    return default_precision(device) if precision == "auto" else precision
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``precision`` on ``device`` (CPU or CUDA alike); fp32 is no autocast at all.
-
-    On CPU this is ``torch.autocast("cpu", dtype=torch.bfloat16)`` (or float16): matmuls, convolutions and attention
-    run in the low precision while weights, LayerNorm/softmax statistics and outputs cast back stay fp32, so a model
-    needs no change and fp32 weights are shared with training. Callers cast outputs with ``.float()``.
-    """
-    precision = effective_precision(device, precision)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+# The precision rule (``auto`` = bf16 only where the device has bf16 units, fp32 elsewhere) lives in lavila.dist, next
+# to the device rule, so train, eval, index and narrate resolve ``--precision`` identically; re-exported here for the
+# callers of this module.
+__all__ = ["PRECISIONS", "EmbedResult", "autocast_context", "cpu_has_bf16", "default_precision", "effective_precision",
+           "embed_dataset", "encode_texts", "l2_normalize"]
 
 
 @torch.no_grad()
@@ -153,7 +92,7 @@ def embed_dataset(
         persistent_workers=False,
     )
     new_since_flush = 0
-    bar = tqdm(total=len(todo), desc=desc, disable=not progress or rank != 0, unit="clip")
+    bar = progress_bar(total=len(todo), desc=desc, enabled=progress and rank == 0, unit="clip")
     with autocast_context(device, precision):
         for batch in loader:
             # items carry their *dataset* index (SegmentDataset puts it in the item), not the Subset position
@@ -224,7 +163,7 @@ def encode_texts(
     """Unnormalised text embeddings ``float32 [len(texts), E]`` (CLIP BPE ids, or HF ids + attention mask)."""
     out = []
     with autocast_context(device, precision):
-        for s in tqdm(range(0, len(texts), batch_size), desc="texts", disable=not progress):
+        for s in progress_bar(range(0, len(texts), batch_size), desc="texts", enabled=progress):
             tok = tokenizer(list(texts[s : s + batch_size]))
             if isinstance(tok, tuple):
                 ids, mask = tok

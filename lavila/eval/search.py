@@ -275,8 +275,17 @@ class IndexJob:
 
 
 def run_index(args: IndexJob) -> int:
+    import contextlib
+
+    from lavila.dist import world_info_from_env
+    from lavila.locks import output_lock
+
+    # one job per index folder (ranks each hold their own lock file); a file there is build_index's error to report
+    lock = contextlib.nullcontext() if Path(args.out).is_file() else \
+        output_lock(args.out, "lavila index", rank=world_info_from_env().rank)
     try:
-        index = build_index(args)
+        with lock:
+            index = build_index(args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise LavilaError(str(err), exit_code=2) from err
     print(f"indexed {len(index['windows'])} windows of {len(index['videos_indexed'])} videos -> {args.out} "

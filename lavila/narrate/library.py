@@ -58,8 +58,10 @@ from lavila.narrate.narrate import (
     clip_generator,
     clip_transform,
     narrate_batch,
+    parse_every,
     sliding_windows,
     to_srt,
+    window_plan,
 )
 
 log = logging.getLogger(__name__)
@@ -128,37 +130,25 @@ def collect_videos(inputs: Sequence[str | Path]) -> list[LibraryVideo]:
     return [LibraryVideo(i, path, vid) for i, (path, vid) in enumerate(found)]
 
 
-def parse_every(text: str) -> float:
-    """Seconds of ``--every``: ``1s``, ``0.5s``, ``500ms``, ``2`` (seconds), ``1min``."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?)?\s*", str(text))
-    if not m:
-        raise ValueError(f"--every {text!r}: expected a duration such as 1s, 0.5s, 500ms or 2")
-    value, unit = float(m.group(1)), (m.group(2) or "s")
-    seconds = value / 1000 if unit == "ms" else value * 60 if unit.startswith("m") else value
-    if seconds <= 0:
-        raise ValueError(f"--every {text!r}: must be positive")
-    return seconds
-
-
-def window_plan(job: NarrateJob) -> tuple[float, float]:
-    """(window, stride) seconds: ``--every T`` is one caption every T s over T-long windows (``--window`` may
-    widen them); otherwise ``--window`` (2 s) every ``--stride`` (1 s)."""
-    if job.every is not None:
-        every = parse_every(job.every)
-        return (job.window if job.window is not None else every), every
-    return (job.window if job.window is not None else 2.0), (job.stride if job.stride is not None else 1.0)
-
-
-def job_fingerprint(job: NarrateJob, window: float, stride: float) -> dict[str, Any]:
-    """What makes two runs narrate a window identically: model, frames, decoding, seed and window plan.
+def job_fingerprint(job: NarrateJob, window: float, stride: float,
+                    device: torch.device | None = None) -> dict[str, Any]:
+    """What makes two runs narrate a window identically: model, frames, decoding, precision, seed and window plan.
 
     Not the selection, subject wording or merging (applied afterwards, from the stored candidates), nor batch
-    size, workers or part size (how, not what).
+    size, workers or part size (how, not what). Precision as metadata mode records it: ``use_half`` (fp16), plus
+    ``precision: bf16`` for a bf16 run on ``device``.
     """
+    from lavila.dist import effective_precision
+    from lavila.narrate.narrate import requested_precision
+
     ckpt = Path(job.checkpoint)
+    extra = {}
+    if device is not None and effective_precision(device, requested_precision(job)) == "bf16":
+        extra["precision"] = "bf16"
     return {"checkpoint": str(ckpt.resolve()), "checkpoint_bytes": ckpt.stat().st_size if ckpt.exists() else None,
-            "num_frames": job.num_frames, "generation": asdict(job.generation), "use_half": job.use_half,
-            "seed": job.seed, "window": window, "stride": stride}
+            "num_frames": job.num_frames, "generation": asdict(job.generation),
+            "use_half": requested_precision(job) == "fp16", **extra, "seed": job.seed, "window": window,
+            "stride": stride}
 
 
 # -------------------------------------------------------------------------------------------------- video state
@@ -525,6 +515,30 @@ def _library_complete(library: list[LibraryVideo], out_dir: Path) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------- run
+def run_narrate(job: NarrateJob) -> int:
+    """``lavila narrate``: video mode here, metadata mode in :func:`lavila.narrate.narrate.run_metadata`.
+
+    The verb's entry lives in this module because the library runner is built on narrate's core (batching,
+    seeding, the model loader) and so sits above it; ``--checkpoint``/``--dual-encoder`` may be released names or
+    URLs (:func:`lavila.models.hub.resolve_checkpoint`).
+    """
+    from lavila.models.hub import resolve_checkpoint
+    from lavila.narrate.narrate import run_metadata
+
+    if not job.videos:
+        return run_metadata(job)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    job.checkpoint = str(resolve_checkpoint(job.checkpoint))  # a file, a released name or a URL (cached)
+    if job.dual_encoder:
+        job.dual_encoder = str(resolve_checkpoint(job.dual_encoder))
+    from lavila.dist import world_info_from_env
+    from lavila.locks import output_lock
+
+    # one job per output folder (each rank its own lock file: ranks write their share of videos concurrently)
+    with output_lock(job.output_dir or ".", "lavila narrate", rank=world_info_from_env().rank):
+        return run_library(job)
+
+
 def run_library(job: NarrateJob, rank: int | None = None, world_size: int | None = None) -> int:
     """Narrate the library of ``job.videos`` (this rank's share); returns the exit code (see module docstring)."""
     from lavila.atomic import remove_stale_temps
@@ -536,7 +550,8 @@ def run_library(job: NarrateJob, rank: int | None = None, world_size: int | None
     world_size = info.world_size if world_size is None else world_size
     out_dir = Path(job.output_dir or ".")
     window, stride = window_plan(job)
-    fp = job_fingerprint(job, window, stride)
+    device = resolve_device(job.device, info.local_rank)
+    fp = job_fingerprint(job, window, stride, device)
     dual_id = _dual_id(job)
     library = collect_videos(job.videos)
     mine = library[rank::world_size]
@@ -550,7 +565,6 @@ def run_library(job: NarrateJob, rank: int | None = None, world_size: int | None
 
     finished = [s for s in states if s.finished]
     todo = [s for s in states if not s.finished]
-    device = resolve_device(job.device, info.local_rank)
     model = tokenizer = scorer = None
     if todo:
         model, tokenizer = _load_model(job, device)
@@ -577,19 +591,19 @@ def run_library(job: NarrateJob, rank: int | None = None, world_size: int | None
     try:
         if total:
             _narrate_stream(job, runnable, by_index, model, tokenizer, scorer, out_dir, progress, segments,
-                            summary, verbose)
+                            summary, verbose, fp)
         for s in runnable:  # videos whose every window was done before this run (resumed from parts only)
             if s.video.index not in segments and not pending_windows(s) and s.error is None:
                 segments[s.video.index] = _finish(s, job, out_dir, fp, dual_id, progress, verbose)
     finally:
         progress.close()
-    return _report(job, library, mine, states, segments, summary, out_dir, rank, world_size)
+    return _report(job, library, mine, states, segments, summary, out_dir, rank, world_size, fp)
 
 
 def _narrate_stream(job: NarrateJob, runnable: list[VideoState], by_index: dict[int, VideoState], model: Any,
                     tokenizer: Any, scorer: DualScorer | None, out_dir: Path, progress: Progress,
-                    segments: dict[int, list[dict[str, Any]]], summary: dict[str, Any], verbose: bool) -> None:
-    fp = job_fingerprint(job, *window_plan(job))
+                    segments: dict[int, list[dict[str, Any]]], summary: dict[str, Any], verbose: bool,
+                    fp: dict[str, Any]) -> None:
     dual_id = _dual_id(job)
     tasks = []
     remaining: dict[int, int] = {}
@@ -719,7 +733,7 @@ def _finish(s: VideoState, job: NarrateJob, out_dir: Path, fp: dict[str, Any], d
 
 def _report(job: NarrateJob, library: list[LibraryVideo], mine: list[LibraryVideo], states: list[VideoState],
             segments: dict[int, list[dict[str, Any]]], summary: dict[str, Any], out_dir: Path, rank: int,
-            world_size: int) -> int:
+            world_size: int, fp: dict[str, Any]) -> int:
     from lavila.atomic import atomic_write_text
 
     failures = []
@@ -740,7 +754,7 @@ def _report(job: NarrateJob, library: list[LibraryVideo], mine: list[LibraryVide
     complete = world_size == 1 or _library_complete(library, out_dir)
     exported = None
     if complete and job.captions_file:
-        exported = export_captions(library, out_dir, job, job_fingerprint(job, *window_plan(job)), segments)
+        exported = export_captions(library, out_dir, job, fp, segments)
     done = sum(1 for s in states if s.doc is not None)
     rate = summary["windows"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
     print(f"narrated {summary['windows']} windows in {summary['seconds']:.1f} s ({rate:.2f} windows/s); "
@@ -759,5 +773,6 @@ def _report(job: NarrateJob, library: list[LibraryVideo], mine: list[LibraryVide
     return 0
 
 
-__all__ = ["LibraryError", "LibraryVideo", "Progress", "WindowStream", "collect_videos", "export_captions",
-           "job_fingerprint", "load_state", "parse_every", "render", "run_library", "window_plan"]
+__all__ = ["LibraryError", "LibraryVideo", "NarrateJob", "Progress", "WindowStream", "collect_videos",
+           "export_captions", "job_fingerprint", "load_state", "parse_every", "render", "run_library", "run_narrate",
+           "window_plan"]

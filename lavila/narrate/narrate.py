@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,7 +51,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from tyro.conf import Positional
 
 from lavila.config import ConfigError, Where, option
-from lavila.dist import resolve_device
+from lavila.dist import autocast_context, effective_precision, resolve_device
 from lavila.errors import LavilaError
 from lavila.failpoints import failpoint
 from lavila.narrate.generate import GenerationConfig, decode_one, generate
@@ -90,8 +91,11 @@ def narrate_batch(model: Any, tokenizer: Any, video: torch.Tensor, gen: Generati
     ``generators`` (one per clip, see :func:`clip_generator`) make each clip's samples independent of the batch;
     ``generator`` is one stream for the whole batch.
     """
-    with torch.inference_mode():
-        param = next(model.parameters())
+    param = next(model.parameters())
+    # bf16 autocast when the loader chose it (``_load_model`` records it on the model, so every caller follows the
+    # job's --precision); fp16 is half weights instead, and fp32 no autocast. One context for the whole batch, so
+    # autocast casts each weight once, not once per generated token.
+    with torch.inference_mode(), autocast_context(param.device, getattr(model, "narrate_precision", "fp32")):
         tokens = model.encode_image(video.to(device=param.device, dtype=param.dtype))
         out = generate(model, tokens, gen, generator=generator, generators=generators)
     R = gen.num_return_sequences
@@ -101,7 +105,9 @@ def narrate_batch(model: Any, tokenizer: Any, video: torch.Tensor, gen: Generati
 
 
 def _load_model(args: Any, device: torch.device):
-    """The narrator of ``args.checkpoint`` (any job with checkpoint, tokenizer, num_frames, use_half).
+    """The narrator of ``args.checkpoint`` (any job with checkpoint, tokenizer, num_frames, use_half[, precision]),
+    in the job's precision (:func:`narrate_precision`): fp16 = half weights (the reference's ``--use-half``), bf16 =
+    fp32 weights under autocast (set up by :func:`narrate_batch`), fp32 as loaded.
 
     A checkpoint of another kind (a dual encoder) is one line saying what it is and what wants it; a model with
     random weights (the tiny test narrator) is said to be one, so nobody mistakes its captions for LaViLa's.
@@ -116,18 +122,43 @@ def _load_model(args: Any, device: torch.device):
         raise LavilaError(str(err)) from None
     if meta.get("random_weights"):
         log.warning("%s has random weights (a test model): its captions are nonsense", args.checkpoint)
-    if args.use_half:
-        if device.type == "cpu":
-            log.warning("--use-half ignored on CPU (fp16 matmuls are slow or unsupported there); running fp32")
-        else:
-            model.half()
+    precision = narrate_precision(args, device)
+    if precision == "fp16":
+        model.half()
+    model.narrate_precision = precision if precision == "bf16" else "fp32"  # fp16 is in the weights already
+    log.info("narrating in %s on %s", precision, device)
     return model, tokenizer
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+def requested_precision(job: Any) -> str:
+    """``--precision`` with the legacy ``--use-half`` folded in (= fp16); a job without the key (``lavila nlg``'s)
+    keeps its old meaning: fp32, or fp16 with ``use_half``."""
+    precision = getattr(job, "precision", None)
+    if getattr(job, "use_half", False) and precision in (None, "auto", "fp16"):
+        return "fp16"
+    return precision or "fp32"
 
-    return tqdm(total=total, desc=desc, unit="clip", dynamic_ncols=True, disable=not enabled, smoothing=0.05)
+
+def narrate_precision(job: Any, device: torch.device) -> str:
+    """The precision a narration runs in on ``device``: ``auto`` = bf16 where the hardware has bf16 units, else fp32
+    (:func:`lavila.dist.effective_precision`, the rule of training and evaluation too). fp16 needs CUDA: an explicit
+    ``--precision fp16`` on CPU is a one-line error; the legacy ``--use-half`` keeps its old meaning there (a
+    warning, then fp32)."""
+    precision = effective_precision(device, requested_precision(job))
+    if precision == "fp16" and device.type != "cuda":
+        if getattr(job, "precision", None) in (None, "auto"):  # --use-half
+            log.warning("--use-half ignored on %s (fp16 matmuls are slow or unsupported there); running fp32",
+                        device)
+            return "fp32"
+        raise LavilaError(f"--precision fp16 needs CUDA, but this narration runs on {device}: use --precision bf16 "
+                          "or fp32", exit_code=2)
+    return precision
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from lavila.progress import progress  # tqdm on a terminal, plain periodic lines in a log
+
+    return progress(total=total, desc=desc, unit="clip", dynamic_ncols=True, enabled=enabled, smoothing=0.05)
 
 
 # ---------------------------------------------------------------------------------------------------- metadata mode
@@ -197,7 +228,10 @@ class NarrateJob:
     # Above this fraction of failed clips the job aborts instead of merging a silently thinner output; 1 = never.
     max_failure_rate: float = option(0.05, "abort when more than this fraction of the clips fail to decode (0-1)",
                                      min=0)
-    use_half: bool = option(False, "fp16 model and frames (GPU)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", "auto = bf16 autocast where the hardware has bf16 units (Ampere+ GPUs, AMX/AVX512-BF16 CPUs), fp32 "
+        "elsewhere; bf16 = autocast over fp32 weights; fp16 = half weights and frames (CUDA only)")
+    use_half: bool = option(False, "legacy spelling of --precision fp16 (fp16 model and frames, GPU)")
     device: str | None = option(None, "cpu, cuda, cuda:1 ... (default: cuda:LOCAL_RANK if available)")
     seed: int = option(0, "sampling seed")
     overwrite: bool = option(False, "discard parts of a different earlier job in --output-dir")
@@ -245,8 +279,6 @@ class NarrateJob:
         if self.every is not None:
             if self.stride is not None:
                 raise ConfigError(f"{where('every')}: give --every or --stride, not both")
-            from lavila.narrate.library import parse_every
-
             try:
                 parse_every(self.every)
             except ValueError as err:
@@ -254,6 +286,11 @@ class NarrateJob:
         if self.select != "score" and not self.dual_encoder:
             raise ConfigError(f"{where('select')}: --select {self.select} ranks candidates with a dual encoder; pass "
                               "--dual-encoder CKPT (or --select score)")
+        if self.use_half and self.precision not in ("auto", "fp16"):
+            raise ConfigError(f"{where('use_half')}: --use-half is --precision fp16, which contradicts --precision "
+                              f"{self.precision}; drop one")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ConfigError(f"{where('precision')}: fp16 needs CUDA; on CPU use --precision bf16 or fp32")
         if not 0 <= self.max_failure_rate <= 1:
             raise ConfigError(f"{where('max_failure_rate')}: must be a fraction in [0, 1], got {self.max_failure_rate}")
         try:
@@ -265,20 +302,47 @@ class NarrateJob:
         stem = self.output_name or f"{Path(self.metadata).stem}.narrator.return_{self.generation.num_return_sequences}"
         return out_dir / f"{stem}.pkl", out_dir / f"{stem}.parquet"
 
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self, device: torch.device | None = None) -> dict[str, Any]:
         """What makes two runs the same job: the input, the model and everything that changes a narration.
 
         Not the video root (moving the videos, or mounting them elsewhere on another node, is the same job), nor
-        batch size, workers, part size, limit or the failure threshold (they change how, not what).
+        batch size, workers, part size, limit or the failure threshold (they change how, not what). Precision is
+        ``use_half`` (fp16) plus a ``precision`` key only for bf16 runs (on ``device``), so fp32 and fp16 jobs keep
+        the fingerprints of earlier versions and their output folders still resume.
         """
-        return {
+        extra = {}
+        if device is not None and effective_precision(device, requested_precision(self)) == "bf16":
+            extra["precision"] = "bf16"
+        return {**extra,
             "metadata": str(Path(self.metadata).resolve()), "metadata_sha1": _file_sha1(Path(self.metadata)),
             "checkpoint": str(Path(self.checkpoint).resolve()),
             "checkpoint_bytes": Path(self.checkpoint).stat().st_size,
             "chunk_len": self.chunk_len, "fps": self.fps,
-            "num_frames": self.num_frames, "generation": asdict(self.generation), "use_half": self.use_half,
+            "num_frames": self.num_frames, "generation": asdict(self.generation),
+            "use_half": requested_precision(self) == "fp16",
             "seed": self.seed,
         }
+
+
+def parse_every(text: str) -> float:
+    """Seconds of ``--every``: ``1s``, ``0.5s``, ``500ms``, ``2`` (seconds), ``1min``."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?)?\s*", str(text))
+    if not m:
+        raise ValueError(f"--every {text!r}: expected a duration such as 1s, 0.5s, 500ms or 2")
+    value, unit = float(m.group(1)), (m.group(2) or "s")
+    seconds = value / 1000 if unit == "ms" else value * 60 if unit.startswith("m") else value
+    if seconds <= 0:
+        raise ValueError(f"--every {text!r}: must be positive")
+    return seconds
+
+
+def window_plan(job: NarrateJob) -> tuple[float, float]:
+    """Video mode's (window, stride) seconds: ``--every T`` is one caption every T s over T-long windows
+    (``--window`` may widen them); otherwise ``--window`` (2 s) every ``--stride`` (1 s)."""
+    if job.every is not None:
+        every = parse_every(job.every)
+        return (job.window if job.window is not None else every), every
+    return (job.window if job.window is not None else 2.0), (job.stride if job.stride is not None else 1.0)
 
 
 # A config mistake (wrong --video-root, --chunk-len or --fps) fails every clip, and fast: stop after this many
@@ -331,16 +395,26 @@ def narrate_metadata(job: NarrateJob, rank: int | None = None, world_size: int |
     end of every run, with several ranks only before the merge (a rank that stopped the others for its own share
     would have them killed by torchrun), and on any rank as soon as nothing decodes at all.
     """
-    from lavila.data.metadata import load_metadata
     from lavila.dist import world_info_from_env
+    from lavila.locks import output_lock
 
     info = world_info_from_env()
     rank = info.rank if rank is None else rank
     world_size = info.world_size if world_size is None else world_size
-    device = resolve_device(job.device, info.local_rank)
+    # One job per output folder; ranks are independent processes writing it by design: one lock file per rank.
+    with output_lock(job.output_dir, "lavila narrate", rank=rank):
+        return _narrate_share(job, rank, world_size, info.local_rank)
+
+
+def _narrate_share(job: NarrateJob, rank: int, world_size: int, local_rank: int) -> dict[str, Any]:
+    """:func:`narrate_metadata`'s work, under the output folder's lock."""
+    from lavila.data.metadata import load_metadata
+
+    device = resolve_device(job.device, local_rank)
     rows = load_metadata(job.metadata)
     out_dir = Path(job.output_dir)
-    shards = ShardedOutput(out_dir, total=len(rows), fingerprint=job.fingerprint(), ignored_keys=("video_root",))
+    shards = ShardedOutput(out_dir, total=len(rows), fingerprint=job.fingerprint(device),
+                          ignored_keys=("video_root",))
     shards.open(overwrite=job.overwrite)
     succeeded, failed = shards.scan()  # the whole job's state (every rank's parts), kept up to date below
     pending = [i for i in assigned_indices(len(rows), rank, world_size) if i not in succeeded]
@@ -561,23 +635,16 @@ def narrate_video(path: Path, model: Any, tokenizer: Any, gen: GenerationConfig,
             "stride": stride, "windows": out}
 
 
-def run_videos(args: NarrateJob) -> int:
-    """Video mode: the library of ``args.videos`` (files and folders), see :mod:`lavila.narrate.library`."""
-    from lavila.narrate.library import run_library
-
-    return run_library(args)
-
-
 # --------------------------------------------------------------------------------------------------------------- CLI
-def run_narrate(job: NarrateJob) -> int:
+def run_metadata(job: NarrateJob) -> int:
+    """Metadata mode of ``lavila narrate`` (the verb's entry, :func:`lavila.narrate.library.run_narrate`, sends video
+    mode to the library runner, which sits above this module)."""
     from lavila.models.hub import resolve_checkpoint
 
+    if job.videos:
+        raise LavilaError("video mode runs through lavila.narrate.library.run_narrate", exit_code=2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     job.checkpoint = str(resolve_checkpoint(job.checkpoint))  # a file, a released name or a URL (cached)
-    if job.dual_encoder:
-        job.dual_encoder = str(resolve_checkpoint(job.dual_encoder))
-    if job.videos:
-        return run_videos(job)
     if job.launcher == "submitit":
         return _submit(job)
     summary = narrate_metadata(job)

@@ -117,9 +117,8 @@ def rephrase_metadata(metadata: str | Path, output: str | Path, settings: Rephra
                       overwrite: bool = False, rephraser: Rephraser | None = None, progress: bool = True,
                       rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     """Paraphrase every row's narration, resumably; write ``output`` (pickle or Parquet) once all rows are done."""
-    from tqdm import tqdm
-
     from lavila.data.metadata import load_metadata, save_metadata
+    from lavila.progress import progress as progress_bar  # tqdm on a terminal, plain periodic lines in a log
 
     rows = load_metadata(metadata)
     bad = [i for i, r in enumerate(rows) if not isinstance(r[3], str)]
@@ -137,7 +136,7 @@ def rephrase_metadata(metadata: str | Path, output: str | Path, settings: Rephra
     summary: dict[str, Any] = {"total": len(rows), "pending_at_start": len(pending), "written": None}
     if pending:
         rephraser = rephraser or Rephraser(settings, device)
-        bar = tqdm(total=len(pending), desc="rephrase", unit="row", dynamic_ncols=True, disable=not progress)
+        bar = progress_bar(total=len(pending), desc="rephrase", unit="row", dynamic_ncols=True, enabled=progress)
         results: dict[int, Any] = {}
         start = time.perf_counter()
         try:
@@ -185,12 +184,16 @@ def run_rephrase(job: RephraseJob) -> int:
     from lavila.narrate.shards import ShardError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from lavila.locks import output_lock
+
     info = world_info_from_env()
+    parts = Path(job.output).with_name(Path(job.output).name + ".parts")
     try:
-        summary = rephrase_metadata(job.metadata, job.output, job.settings, device=resolve_device(job.device,
-                                    info.local_rank), batch_size=job.batch_size, part_size=job.part_size,
-                                    limit=job.limit, overwrite=job.overwrite, progress=info.rank == 0,
-                                    rank=info.rank, world_size=info.world_size)
+        # one job per output (ranks are independent processes that share the parts folder: one lock file each)
+        with output_lock(parts, "lavila rephrase", rank=info.rank):
+            summary = rephrase_metadata(job.metadata, job.output, job.settings, device=resolve_device(
+                job.device, info.local_rank), batch_size=job.batch_size, part_size=job.part_size, limit=job.limit,
+                overwrite=job.overwrite, progress=info.rank == 0, rank=info.rank, world_size=info.world_size)
     except (OSError, ValueError, ShardError) as err:
         raise LavilaError(str(err), exit_code=2) from err
     print(json.dumps(summary))

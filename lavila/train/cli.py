@@ -61,7 +61,7 @@ def run_train(run: TrainRun) -> int:
         print(f"lavila train: {err}", file=sys.stderr)
         return 3
     except TrainingInterrupted as err:
-        print(f"lavila train: {err}; resume with the same command", file=sys.stderr)
+        print(f"lavila train: {err}", file=sys.stderr)  # one line: where it stopped, what was saved, how to resume
         return 128 + err.signum if err.signum else 1
     if result.last_eval:
         print("final evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in result.last_eval.items()))

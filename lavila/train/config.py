@@ -58,9 +58,13 @@ class TrainConfig:
     clip_grad_type: Literal["norm", "value"] = option("norm", "gradient clipping kind")
     clip_grad_value: float | None = option(None, "clip gradients at this norm/value (off when unset)", positive=True)
     # --- precision / memory --------------------------------------------------------------------------------
-    disable_amp: bool = option(False, "train in fp32 even on CUDA")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", "autocast precision on CPU or CUDA: auto = bf16 where the hardware has bf16 units (Ampere+ GPUs, "
+        "AMX/AVX512-BF16 CPUs), fp32 elsewhere; fp16 (GradScaler) is CUDA-only. Loss, weights and AdamW state stay "
+        "fp32")
+    disable_amp: bool = option(False, "legacy spelling of --precision fp32")
     amp_dtype: Literal["auto", "bf16", "fp16"] = option(
-        "auto", "autocast dtype on CUDA (auto = bf16 where supported, else fp16)")
+        "auto", "legacy spelling of --precision bf16/fp16 (auto = --precision auto)")
     use_checkpoint: bool = option(False, "gradient (activation) checkpointing in the towers")
     use_zero: bool = option(False, "ZeroRedundancyOptimizer: shard AdamW state over ranks")
     use_fsdp: bool = option(False, "FSDP2 (fully_shard) each transformer block and the model")
@@ -114,6 +118,10 @@ class TrainConfig:
         b1, b2 = self.betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ConfigError(f"{where('betas')}: each beta must be in [0, 1), got {self.betas}")
+        self.requested_precision(where)
+        if self.requested_precision() == "fp16" and self.device == "cpu":
+            raise ConfigError(f"{where('precision')}: fp16 training needs CUDA (loss scaling, fp16 kernels); on CPU "
+                              "use --precision bf16 or fp32")
         if self.use_zero and self.use_fsdp:
             raise ConfigError(f"{where('use_fsdp')}: use either use_zero or use_fsdp, not both")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -122,6 +130,22 @@ class TrainConfig:
 
         if self.model not in MODEL_CONFIGS:
             raise ConfigError(f"{where('model')}: unknown model {self.model!r}; `lavila models` lists them")
+
+    def requested_precision(self, where: Where | None = None) -> str:
+        """``precision`` with the legacy keys folded in: ``disable_amp: true`` = fp32, ``amp_dtype: bf16|fp16`` = that
+        dtype (on CPU as on CUDA), ``amp_dtype: auto`` = no choice. An explicit ``precision`` wins over defaults;
+        a legacy key that contradicts it is an error (with ``where``) rather than a silent pick."""
+        legacy = "fp32" if self.disable_amp else (self.amp_dtype if self.amp_dtype != "auto" else "auto")
+        if self.disable_amp and self.amp_dtype != "auto" and where is not None:
+            raise ConfigError(f"{where('amp_dtype')}: amp_dtype {self.amp_dtype} contradicts disable_amp: true; "
+                              "use --precision instead of both")
+        if self.precision == "auto":
+            return legacy
+        if legacy not in ("auto", self.precision) and where is not None:
+            key = "disable_amp" if self.disable_amp else "amp_dtype"
+            raise ConfigError(f"{where(key)}: contradicts precision {self.precision} ({key} is its legacy spelling: "
+                              "drop it)")
+        return self.precision
 
     def to_dict(self) -> dict[str, Any]:
         """Flat ``{key: value}`` of every key (what a YAML recipe contains)."""

@@ -20,6 +20,7 @@ and keeping the GPU busy:
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -34,6 +35,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lavila import dist
+from lavila.failpoints import failpoint
+from lavila.locks import output_lock
 from lavila.models.checkpoint import read_checkpoint
 from lavila.train.config import TrainConfig
 from lavila.train.metrics import Console, MetricsLog, PendingSteps, materialize, plot_curves
@@ -44,6 +47,7 @@ from lavila.train.state import (
     Progress,
     ResumableDistributedSampler,
     SeededDataset,
+    repair_snapshots,
     seed_everything,
     seeded_rngs,
 )
@@ -89,7 +93,10 @@ def train(cfg: TrainConfig, *, on_step: OnStep | None = None) -> TrainResult:
     owns_process_group = not dist.is_dist_ready()
     info = dist.init_distributed(backend=backend, init_method=init_method)
     try:
-        return Trainer(cfg, local_rank=info.local_rank, on_step=on_step).fit()
+        # One job per output folder (lavila.locks): a second run there would resume this one's checkpoint and
+        # overwrite its files. The main rank holds the lock; the others write nothing there.
+        with output_lock(cfg.output_dir, "lavila train") if dist.is_main_process() else contextlib.nullcontext():
+            return Trainer(cfg, local_rank=info.local_rank, on_step=on_step).fit()
     finally:
         if owns_process_group:
             dist.cleanup()
@@ -131,6 +138,8 @@ class Trainer:
         self.progress = Progress(epoch=cfg.start_epoch, global_step=cfg.start_epoch * self.iters_per_epoch)
         if ckpt is not None:
             self.progress = self.checkpointer.restore(ckpt, auto=auto)
+            if auto and self.main:  # snapshots an interrupted save of an older version never wrote
+                repair_snapshots(self.output_dir, ckpt, cfg.save_freq)
             del ckpt
         self.last_saved_step = self.progress.global_step if auto else None
         self.log = MetricsLog(cfg, self.output_dir, enabled=self.main,
@@ -144,7 +153,7 @@ class Trainer:
         self.cpu_group = None
         if self.world > 1 and torch_dist.get_backend() != "gloo":
             self.cpu_group = torch_dist.new_group(backend="gloo")
-        self.signals = StopSignals()
+        self.signals = StopSignals(announce=self.main)
         self.stop_signum = 0
         self.log_this_step = False
         self.clock = time.perf_counter()  # start of the steps not yet logged
@@ -199,7 +208,7 @@ class Trainer:
                                                    seed=cfg.seed)
         self.loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
                                  collate_fn=self.task.collate, pin_memory=self.device.type == "cuda", drop_last=True,
-                                 persistent_workers=cfg.workers > 0,
+                                 persistent_workers=cfg.workers > 0, worker_init_fn=ignore_sigint,
                                  # own generator: creating an iterator must not consume the global RNG (exact resume)
                                  generator=torch.Generator().manual_seed(cfg.seed))
         self.iters_per_epoch = self.sampler.num_samples // cfg.batch_size // cfg.update_freq
@@ -216,7 +225,7 @@ class Trainer:
         print(f"{cfg.model} ({cfg.task}): {n_params / 1e6:.2f} M parameters ({n_train / 1e6:.2f} M trainable); "
               f"{self.world} process(es) on {self.device}; global batch {cfg.batch_size * self.world * cfg.update_freq}"
               f"; {self.iters_per_epoch} steps/epoch x {cfg.epochs} epochs; "
-              f"AMP {self.amp_dtype if self.use_amp else 'off'}")
+              f"precision {str(self.amp_dtype).removeprefix('torch.') if self.use_amp else 'fp32'}")
 
     # --- the run ----------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -234,6 +243,7 @@ class Trainer:
                         self.on_step(p.global_step, record)
                     if self.eval_due(p.global_step, p.step_in_epoch):
                         self.evaluate()
+                    failpoint("train.step_done", str(p.global_step))  # a test hook: kill/hold at a known step
                     if self.stop_signum or self.step_limit_reached():
                         return self.stop()
                 self.end_epoch()
@@ -309,21 +319,23 @@ class Trainer:
                         main=self.main)
 
     def stop(self) -> TrainResult:
-        """Save at this step boundary; a signal is then handed on (submitit requeues) and raised."""
+        """Save at this step boundary; a signal is then handed on (submitit requeues) and raised.
+
+        A stop after an epoch's last step saves that position as it is (``step_in_epoch == iters_per_epoch``), not
+        as a finished epoch: the resumed run then does the epoch's end (validation, evaluation, best and numbered
+        snapshots, decode-failure check) exactly as an uninterrupted run would have.
+        """
         p = self.progress
         self.console.end_epoch()
-        done = p.step_in_epoch == self.iters_per_epoch
-        if done:  # the stop fell on an epoch boundary: finish the epoch properly
-            p.epoch, p.step_in_epoch = p.epoch + 1, 0
-        self.save(epoch_done=done)
+        self.save(epoch_done=False)
         self.result.global_step, self.result.epochs_done = p.global_step, p.epoch
         self.result.interrupted = True
         signum = self.stop_signum
         if signum:
-            print(f"stop signal {signal.Signals(signum).name}: saved {self.output_dir / LAST} at global step "
-                  f"{p.global_step}")
             self.signals.forward(signum)  # submitit: checkpoint() + requeue + exit on rank 0
-            raise TrainingInterrupted(f"stopped by signal {signum} at step {p.global_step}", signum)
+            raise TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} at step {p.global_step}; "
+                                      f"checkpoint saved to {self.output_dir / LAST}; rerun the same command to "
+                                      "resume", signum)
         print(f"stopped after {p.global_step} steps (stop_after_steps); resume with the same command")
         return self.result
 
@@ -408,7 +420,7 @@ class Trainer:
         for record in good:
             self.log.write(record)
         where = f"non-finite loss at epoch {epoch}, step {step_in_epoch} (global step {global_step}): {shown}."
-        advice = "lower --lr, set --clip-grad-value, or use --disable-amp / --amp-dtype bf16, then resume"
+        advice = "lower --lr, set --clip-grad-value, or use --precision fp32 / bf16, then resume"
         if first == n:  # this step: its update has not been applied, the state before it is good
             self.optimizer.zero_grad(set_to_none=True)
             path = self.save(epoch_done=False)
@@ -467,7 +479,7 @@ class Trainer:
         data = SeededDataset(val, cfg.seed)
         sampler = ResumableDistributedSampler(data, num_replicas=self.world, rank=self.rank, shuffle=False)
         loader = DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            collate_fn=self.task.collate, drop_last=True,
+                            collate_fn=self.task.collate, drop_last=True, worker_init_fn=ignore_sigint,
                             generator=torch.Generator().manual_seed(cfg.seed))
         self.model.eval()
         sums: dict[str, torch.Tensor] = {}
@@ -503,12 +515,21 @@ class Trainer:
 
 
 def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
-    """(autocast on?, dtype): mixed precision on CUDA unless disabled; fp32 on CPU."""
-    if device.type != "cuda" or cfg.disable_amp:
+    """(autocast on?, dtype) for ``cfg.precision`` on ``device`` (the rule of :func:`lavila.dist.effective_precision`).
+
+    bf16 autocasts on CPU as on CUDA (only the forward/loss sit under autocast: the tasks cast outputs to fp32
+    before the loss, weights and AdamW state stay fp32). fp16 is refused off CUDA: it needs loss scaling, and
+    CPUs have no fast fp16 matmuls.
+    """
+    precision = dist.effective_precision(device, cfg.requested_precision())
+    if precision == "fp16" and device.type != "cuda":
+        from lavila.config import ConfigError
+
+        raise ConfigError(f"precision fp16 needs CUDA (loss scaling, fp16 kernels), but training runs on {device}: "
+                          "use --precision bf16 or fp32")
+    if precision == "fp32":
         return False, torch.float32
-    if cfg.amp_dtype == "fp16" or (cfg.amp_dtype == "auto" and not torch.cuda.is_bf16_supported()):
-        return True, torch.float16
-    return True, torch.bfloat16
+    return True, dist.AUTOCAST_DTYPES[precision]
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -537,25 +558,42 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 
 class StopSignals:
-    """SIGTERM/SIGUSR1/SIGUSR2 only set a flag; the loop checkpoints at the next step boundary.
+    """SIGINT/SIGTERM/SIGUSR1/SIGUSR2 only set a flag; the loop checkpoints at the next step boundary.
+
+    Ctrl-C is a stop request like SIGTERM (it used to raise ``KeyboardInterrupt`` and lose up to an epoch): the
+    first one says so on stderr and the run saves at the end of the step; a second one raises
+    ``KeyboardInterrupt`` at once (``lavila train: interrupted``), saving nothing more, for a run stuck in a long
+    evaluation or data stall. Forked DataLoader workers inherit the handler and ignore the signal
+    (:func:`ignore_sigint`): the main process decides.
 
     The previous handlers are kept: after saving, a Python handler installed by submitit (checkpoint + requeue)
     is called with the signal, so pre-emption requeues the job that then auto-resumes from ``checkpoint.pt``.
     """
 
-    SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.signum = 0
+        self.announce = announce
         self.previous: dict[int, Any] = {}
+        self.pid = 0
 
     def __enter__(self) -> StopSignals:
+        self.pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.pid:  # a forked worker that inherited the handler: the main process decides
+            return
+        if signum == signal.SIGINT:
+            if self.signum == signal.SIGINT:
+                raise KeyboardInterrupt  # the second Ctrl-C: abort now
+            if self.announce:  # os.write: print() from a handler can hit a half-written buffer (reentrant call)
+                os.write(2, b"\nCtrl-C: saving a checkpoint at the end of this step (press Ctrl-C again to abort "
+                            b"without saving)\n")
         self.signum = signum
 
     def __exit__(self, *exc: Any) -> None:
@@ -563,7 +601,16 @@ class StopSignals:
             signal.signal(sig, handler)
 
     def forward(self, signum: int) -> None:
-        """Give the signal to whoever handled it before us (submitit requeues here and exits)."""
+        """Give the signal to whoever handled it before us (submitit requeues here and exits).
+
+        Not SIGINT: Python's own handler would raise ``KeyboardInterrupt`` over the saved, orderly stop.
+        """
         handler = self.previous.get(signum)
-        if callable(handler):
+        if callable(handler) and handler is not signal.default_int_handler:
             handler(signum, None)
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C reaches the whole process group; only the main process acts on it
+    (a worker that took it as ``KeyboardInterrupt`` would exit, and the next batch would fail the run)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

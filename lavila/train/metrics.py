@@ -120,7 +120,7 @@ class MetricsLog:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Console: a tqdm bar per epoch (rank 0, ``progress``) and one line every ``print_freq`` steps
+# Console: a progress bar per epoch (rank 0, ``progress``; lavila.progress) and one line every ``print_freq`` steps
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -134,10 +134,10 @@ class Console:
     def start_epoch(self, epoch: int, iters_per_epoch: int, initial: int) -> None:
         if not (self.main and self.cfg.progress):
             return
-        from tqdm.auto import tqdm
+        from lavila.progress import progress  # tqdm on a terminal, a plain line every 30 s in a log
 
-        self.bar = tqdm(total=iters_per_epoch, initial=initial, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                        unit="step", dynamic_ncols=True, leave=False)
+        self.bar = progress(total=iters_per_epoch, initial=initial, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+                            unit="step", dynamic_ncols=True, leave=False)
 
     def step(self) -> None:
         if self.bar is not None:

@@ -149,22 +149,55 @@ class SeededDataset(Dataset):
 
 def write_checkpoint(state: dict[str, Any], output_dir: str | os.PathLike, *, is_best: bool = False,
                      numbered_epoch: int | None = None) -> list[Path]:
-    """Write ``checkpoint.pt`` atomically; snapshot it as best and/or ``checkpoint_{numbered_epoch:04d}.pt``."""
+    """Write ``checkpoint.pt`` and its snapshots (best and/or ``checkpoint_{numbered_epoch:04d}.pt``), atomically.
+
+    The snapshots come first and ``checkpoint.pt`` last: it is the commit point a resume starts from. A kill before
+    it leaves the previous ``checkpoint.pt``, so the rerun redoes this save and every snapshot with it; a kill
+    after it finds every snapshot it names (``best_acc1``) already on disk. (Written the other way round, a kill
+    between the two lost the snapshots for good: the resumed run starts after the epoch that would write them.)
+    The first file is written, the others are hard links to it (copies where links are impossible), each an atomic
+    replace. Returns ``[checkpoint.pt, *snapshots]``.
+    """
     output_dir = Path(output_dir)
     last = output_dir / LAST
-    atomic_save(state, last)
-    failpoint("checkpoint.file_written", LAST)  # a kill here: checkpoint.pt is new, its snapshots are not
-    written = [last]
-    if is_best:
-        atomic_copy(last, output_dir / BEST)
-        failpoint("checkpoint.file_written", BEST)
-        written.append(output_dir / BEST)
+    snapshots = []
     if numbered_epoch is not None:
-        numbered = output_dir / epoch_checkpoint_name(numbered_epoch)
-        atomic_copy(last, numbered)
-        failpoint("checkpoint.file_written", numbered.name)
-        written.append(numbered)
-    return written
+        snapshots.append(output_dir / epoch_checkpoint_name(numbered_epoch))
+    if is_best:
+        snapshots.append(output_dir / BEST)
+    first, *others = [*snapshots, last]
+    atomic_save(state, first)
+    failpoint("checkpoint.file_written", first.name)
+    for path in others:
+        atomic_copy(first, path)
+        failpoint("checkpoint.file_written", path.name)  # a kill after checkpoint.pt: every file is there
+    return [last, *snapshots]
+
+
+def repair_snapshots(output_dir: str | os.PathLike, ckpt: dict[str, Any], save_freq: int) -> list[Path]:
+    """Re-create the snapshots that ``checkpoint.pt`` (read as `ckpt`) implies but that are missing.
+
+    Only older versions (which wrote ``checkpoint.pt`` before its snapshots) can leave such a folder: killed between
+    the two, the resumed run never writes them. ``checkpoint.pt`` saved at the end of epoch E is itself the numbered
+    snapshot of E (when ``E % save_freq == 0``), and the best one when its last evaluation's score is
+    ``best_acc1``. Returns the files linked.
+    """
+    output_dir = Path(output_dir)
+    last = output_dir / LAST
+    epoch = int(ckpt.get("epoch", 0))
+    if ckpt.get("lavila_format") is None or int(ckpt.get("step_in_epoch", 0)) != 0 or epoch <= 0:
+        return []
+    wanted = []
+    if save_freq > 0 and epoch % save_freq == 0:
+        wanted.append(output_dir / epoch_checkpoint_name(epoch))
+    score = (ckpt.get("last_eval") or {}).get("score")
+    if score is not None and float(ckpt.get("best_acc1", 0.0)) > 0 and float(score) == float(ckpt["best_acc1"]):
+        wanted.append(output_dir / BEST)
+    repaired = [p for p in wanted if not p.exists()]
+    for path in repaired:
+        atomic_copy(last, path)
+        print(f"=> re-created {path.name}, a snapshot {LAST} names that an interrupted save did not write")
+    return repaired
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -295,6 +328,8 @@ class Checkpointer:
             consumed = progress.step_in_epoch * ckpt.get("update_freq", 1) * ckpt.get("batch_size", 1) * \
                 ckpt.get("world_size", 1)
             progress.step_in_epoch = min(consumed // (cfg.update_freq * cfg.batch_size * world), iters)
+            if ckpt.get("step_in_epoch") == ckpt.get("iters_per_epoch"):  # stopped after the epoch's last step
+                progress.step_in_epoch = iters
             progress.global_step = progress.epoch * iters + progress.step_in_epoch
         rng = ckpt.get("rng") or []
         if len(rng) == world:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lavila.eval import embed
+from lavila import dist
 from lavila.eval.embed import autocast_context, cpu_has_bf16, effective_precision, encode_texts
 from lavila.models import create_model
 
@@ -29,7 +29,7 @@ def bf16_units(monkeypatch):
     """Pretend the CPU has (True) or lacks (False) bf16 units, independent of the test machine."""
 
     def set_(value: bool) -> None:
-        monkeypatch.setattr(embed, "cpu_has_bf16", lambda: value)
+        monkeypatch.setattr(dist, "cpu_has_bf16", lambda: value)  # the one rule lives in lavila.dist
 
     return set_
 
@@ -94,3 +94,10 @@ def test_bf16_text_encode_runs_and_stays_close_to_fp32():
     assert low.dtype == ref.dtype  # outputs come back as float32 numpy arrays either way
     cos = torch.nn.functional.cosine_similarity(torch.from_numpy(low), torch.from_numpy(ref), dim=-1)
     assert cos.min() >= 0.99, cos
+
+
+def test_eval_uses_the_one_precision_rule_of_lavila_dist():
+    from lavila.eval import embed
+
+    assert embed.effective_precision is dist.effective_precision
+    assert embed.autocast_context is dist.autocast_context

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from lavila.models.checkpoint import read_checkpoint
 from lavila.train.loop import train
-from lavila.train.state import load_checkpoint_file
 from tests.train.helpers import assert_same_weights, tiny_config, tiny_values, weights, write_yaml
 
 # 16 clips: one process x batch 8, or 2 ranks x batch 4, both 2 optimiser steps per epoch on the same samples.
@@ -45,15 +45,15 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, variant):
     cfg = write_yaml(tmp_path / "ddp.yaml", tiny_values(tmp_path / "ddp", **COMMON, **variant, batch_size=4))
     torchrun(cfg)
     if "stop_after_steps" in variant:
-        mid = load_checkpoint_file(tmp_path / "ddp" / "checkpoint.pt")
+        mid = read_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
         assert (mid["epoch"], mid["step_in_epoch"], mid["global_step"]) == (0, 3, 3)  # main + aux: 4 steps/epoch
         values = tiny_values(tmp_path / "ddp", **COMMON, **variant, batch_size=4)
         values.pop("stop_after_steps")
         torchrun(write_yaml(tmp_path / "ddp.yaml", values))  # auto-resumes from ddp/checkpoint.pt
     assert_same_weights(weights(tmp_path / "single" / "checkpoint.pt"), weights(tmp_path / "ddp" / "checkpoint.pt"),
                         atol=1e-6)
-    ckpt = load_checkpoint_file(tmp_path / "ddp" / "checkpoint.pt")
+    ckpt = read_checkpoint(tmp_path / "ddp" / "checkpoint.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert ckpt["optimizer_layout"] == ("fsdp_fqn" if variant.get("use_fsdp") else "index")
-    assert len(ckpt["optimizer"]["state"]) == len(load_checkpoint_file(tmp_path / "single" / "checkpoint.pt")
+    assert len(ckpt["optimizer"]["state"]) == len(read_checkpoint(tmp_path / "single" / "checkpoint.pt")
                                                   ["optimizer"]["state"])  # ZeRO/FSDP state consolidated

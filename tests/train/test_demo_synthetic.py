@@ -24,8 +24,8 @@ from lavila.data.synthetic import (
 
 def test_demo_short_run_trains_and_reports_retrieval(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = lavila_main(["demo", "--steps", "30", "--output-dir", str(out), "--eval-groups", "1", "--no-progress",
-                        "--batch-size", "16"])
+    code = lavila_main(["demo", "--quick", "--steps", "30", "--output-dir", str(out), "--eval-groups", "1",
+                        "--no-progress", "--batch-size", "16"])
     assert code == 0
     for name in ("metrics.jsonl", "training_curves.png", "demo_retrieval.png", "demo_results.json", "checkpoint.pt"):
         assert (out / name).is_file(), name

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from lavila.models.checkpoint import read_checkpoint
 from lavila.train.loop import train
-from lavila.train.state import load_checkpoint_file
 from tests.conftest import reference_file
 from tests.train.helpers import TINY_MODEL, tiny_config, write_tiny_ego4d
 
@@ -30,7 +30,7 @@ def test_lavila_mix_on_decoded_video(ego4d_root):
     rows = [json.loads(line) for line in (ego4d_root / "out" / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["kind"] == "train"]  # the epoch's decode-failure summary is a line too
     assert sum(r["num_gt"] + r["num_pseudo"] for r in rows) == 6 and sum(r["num_pseudo"] for r in rows) == 2
-    ckpt = load_checkpoint_file(ego4d_root / "out" / "checkpoint.pt")
+    ckpt = read_checkpoint(ego4d_root / "out" / "checkpoint.pt")
     assert "logit_scale_pseudo" in ckpt["criterion"]  # SSLCLIPLoss owns the pseudo temperature
     assert ckpt["state_dict"]["module.logit_scale"].item() == pytest.approx(2.6593, abs=1e-4)  # frozen at 1/0.07
 
@@ -56,8 +56,8 @@ def test_resume_on_decoded_video_ends_with_identical_weights(ego4d_root, monkeyp
     monkeypatch.setattr(os, "getpid", lambda: real_pid + 1)  # a resumed job is a new process
     resumed = train(cfg("parts"))
     assert resumed.global_step == whole.global_step == 6
-    a = load_checkpoint_file(ego4d_root / "whole" / "checkpoint.pt")["state_dict"]
-    b = load_checkpoint_file(ego4d_root / "parts" / "checkpoint.pt")["state_dict"]
+    a = read_checkpoint(ego4d_root / "whole" / "checkpoint.pt")["state_dict"]
+    b = read_checkpoint(ego4d_root / "parts" / "checkpoint.pt")["state_dict"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
+from lavila.models.checkpoint import read_checkpoint
 from lavila.train.loop import NonFiniteLossError, TrainingInterrupted, train
-from lavila.train.state import load_checkpoint_file
 from lavila.train.tasks import register_task
 from lavila.train.tasks.dual_encoder import DualEncoderTask
 from tests.conftest import reference_file
@@ -26,13 +26,13 @@ RANDOM_EVERYTHING = {"drop_path_rate": 0.5, "model_overrides": dict(TINY_MODEL, 
 
 
 def _optimizer_state(path):
-    return load_checkpoint_file(path)["optimizer"]["state"]
+    return read_checkpoint(path)["optimizer"]["state"]
 
 
 def test_checkpoint_has_reference_keys_and_ours(tmp_path):
     result = train(tiny_config(tmp_path, epochs=2, synthetic_eval_groups=1))
     assert result.global_step == 8 and result.epochs_done == 2 and not result.interrupted
-    ckpt = load_checkpoint_file(tmp_path / "checkpoint.pt")
+    ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
     for key in ("epoch", "state_dict", "criterion", "optimizer", "scaler", "best_acc1", "args"):
         assert key in ckpt, key
     assert ckpt["epoch"] == 2 and isinstance(ckpt["args"], argparse.Namespace)
@@ -41,7 +41,7 @@ def test_checkpoint_has_reference_keys_and_ours(tmp_path):
     assert ckpt["step_in_epoch"] == 0 and ckpt["global_step"] == 8 and len(ckpt["rng"]) == 1
     assert ckpt["model_config"]["name"] == "CLIP_OPENAI_TIMESFORMER_BASE"
     assert {"checkpoint_0001.pt", "checkpoint_0002.pt", "checkpoint_best.pt"} <= set(os.listdir(tmp_path))
-    assert load_checkpoint_file(tmp_path / "checkpoint_0001.pt")["epoch"] == 1
+    assert read_checkpoint(tmp_path / "checkpoint_0001.pt")["epoch"] == 1
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 9))
     assert sum(r["kind"] == "eval" for r in rows) == 2 and "t2v_R@1" in rows[-1]
@@ -54,15 +54,15 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path):
     assert straight.global_step == 8
     first = train(tiny_config(tmp_path / "b", stop_after_steps=3, **RANDOM_EVERYTHING))
     assert first.interrupted and first.global_step == 3
-    mid = load_checkpoint_file(tmp_path / "b" / "checkpoint.pt")
+    mid = read_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert (mid["epoch"], mid["step_in_epoch"]) == (0, 3)  # stopped mid-epoch
     resumed = train(tiny_config(tmp_path / "b", **RANDOM_EVERYTHING))  # auto-resume from output_dir/checkpoint.pt
     assert resumed.global_step == 8 and not resumed.interrupted
     assert_same_weights(weights(tmp_path / "a" / "checkpoint.pt"), weights(tmp_path / "b" / "checkpoint.pt"))
     a, b = _optimizer_state(tmp_path / "a" / "checkpoint.pt"), _optimizer_state(tmp_path / "b" / "checkpoint.pt")
     assert all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
-    crit_a = load_checkpoint_file(tmp_path / "a" / "checkpoint.pt")["criterion"]
-    crit_b = load_checkpoint_file(tmp_path / "b" / "checkpoint.pt")["criterion"]
+    crit_a = read_checkpoint(tmp_path / "a" / "checkpoint.pt")["criterion"]
+    crit_b = read_checkpoint(tmp_path / "b" / "checkpoint.pt")["criterion"]
     assert torch.equal(crit_a["logit_scale_pseudo"], crit_b["logit_scale_pseudo"])
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # nothing logged twice, nothing lost
@@ -79,7 +79,7 @@ def test_signal_saves_at_the_step_boundary_and_resumes_exactly(tmp_path):
     with pytest.raises(TrainingInterrupted) as err:
         train(tiny_config(tmp_path / "b", **values), on_step=send_signal)
     assert err.value.signum == signal.SIGUSR1
-    saved = load_checkpoint_file(tmp_path / "b" / "checkpoint.pt")
+    saved = read_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert saved["global_step"] == 6 and (saved["epoch"], saved["step_in_epoch"]) == (1, 2)
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # handlers restored
     train(tiny_config(tmp_path / "b", **values))
@@ -105,7 +105,7 @@ def test_non_finite_loss_saves_last_good_state_and_stops(tmp_path):
     NaNAtStep3.calls = 0
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 0, step 2 .*checkpoint\.pt"):
         train(tiny_config(tmp_path, task="test_nan_dual_encoder", print_freq=1))
-    saved = load_checkpoint_file(tmp_path / "checkpoint.pt")
+    saved = read_checkpoint(tmp_path / "checkpoint.pt")
     assert saved["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
 
@@ -116,7 +116,7 @@ def test_non_finite_loss_between_log_steps_keeps_the_last_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 2 \(global step 6\).*found at the next log step.*"
                                                  r"checkpoint\.pt \(global step 4\) is the last good state"):
         train(tiny_config(tmp_path, task="test_nan_dual_encoder"))
-    saved = load_checkpoint_file(tmp_path / "checkpoint.pt")
+    saved = read_checkpoint(tmp_path / "checkpoint.pt")
     assert saved["global_step"] == 4  # the epoch-end save; the spoilt weights were never written
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()

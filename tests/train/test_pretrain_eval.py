@@ -14,9 +14,9 @@ import torch
 
 from lavila.cli import main as cli_main
 from lavila.config import ConfigError
+from lavila.models.checkpoint import read_checkpoint
 from lavila.train.loop import train
 from lavila.train.recipe import load_config
-from lavila.train.state import load_checkpoint_file
 from tests.benchmark_files import write_ek100
 from tests.conftest import reference_file
 from tests.train.helpers import TINY_MODEL, tiny_config, write_tiny_ego4d
@@ -69,10 +69,10 @@ def test_every_epoch_is_scored_like_lavila_eval_and_best_follows_avg_map(tmp_pat
 
     # checkpoint_best.pt = the first epoch with the highest avg mAP (strict improvement, as the reference)
     best_epoch = 1 + scores.index(max(scores))
-    best = load_checkpoint_file(out / "checkpoint_best.pt")
+    best = read_checkpoint(out / "checkpoint_best.pt")
     assert best["epoch"] == best_epoch and best["best_acc1"] == pytest.approx(max(scores))
-    assert load_checkpoint_file(out / "checkpoint.pt")["best_acc1"] == pytest.approx(max(scores))
-    numbered = load_checkpoint_file(out / f"checkpoint_{best_epoch:04d}.pt")["state_dict"]
+    assert read_checkpoint(out / "checkpoint.pt")["best_acc1"] == pytest.approx(max(scores))
+    numbered = read_checkpoint(out / f"checkpoint_{best_epoch:04d}.pt")["state_dict"]
     assert all(torch.equal(v, numbered[k]) for k, v in best["state_dict"].items())
 
     # the logged numbers are what `lavila eval ek100_mir` computes on each saved epoch checkpoint
