@@ -113,7 +113,8 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, monkeypatch):
     write_checkpoint({"epoch": 1}, tmp_path, is_best=True, numbered_epoch=1)
     monkeypatch.setattr(torch, "save", _torch_save_on_a_full_disk)
     # the snapshots are written first (a kill never loses them), so the first file that hits the full disk is one
-    with pytest.raises(OSError, match=f"^No space left on device: {re.escape(str(tmp_path))}/checkpoint[_0-9a-z]*\\.pt$"):
+    first_written = f"^No space left on device: {re.escape(str(tmp_path))}/checkpoint[_0-9a-z]*\\.pt$"
+    with pytest.raises(OSError, match=first_written):
         write_checkpoint({"epoch": 2}, tmp_path, is_best=True, numbered_epoch=2)
     monkeypatch.undo()
     assert torch.load(tmp_path / "checkpoint.pt")["epoch"] == 1
