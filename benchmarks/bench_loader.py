@@ -268,7 +268,7 @@ def markdown(rows: list[dict], header: str) -> str:
     for r in rows:
         core = f"{r['x_core']:.2f}x" if "x_core" in r else "-"
         wall = f"{r['x_wall']:.2f}x" if "x_wall" in r else "-"
-        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
+        peak = f"{max(r['peak_mb'], 0.0):.0f}" if r["peak_mb"] is not None else "-"
         decoded = f"{r['decoded']:.0f}" if r["has_decoded"] else "-"
         diff = f"{r['max_diff']:.1f} ({r['mean_diff']:.3f}) {r['pixel_ref']}" if r["max_diff"] is not None else "-"
         lines.append(

@@ -332,6 +332,9 @@ class Trainer:
         self.result.interrupted = True
         signum = self.stop_signum
         if signum:
+            if self.main:  # said before forwarding: submitit's handler requeues and exits without returning
+                print(f"stop signal {signal.Signals(signum).name}: saved {self.output_dir / LAST} at global step "
+                      f"{p.global_step}", flush=True)
             self.signals.forward(signum)  # submitit: checkpoint() + requeue + exit on rank 0
             raise TrainingInterrupted(f"interrupted by {signal.Signals(signum).name} at step {p.global_step}; "
                                       f"checkpoint saved to {self.output_dir / LAST}; rerun the same command to "
