@@ -410,7 +410,7 @@ def run_search(args: SearchJob) -> int:
         raise LavilaError(str(err), exit_code=2) from err
     device = resolve_device(args.device)
     model = loaded.model.to(device)
-    q = encode_texts(model, _tokenizer(loaded.config, args), [args.query], device=device)[0]
+    q = encode_texts(model, _tokenizer(loaded.model, args), [args.query], device=device)[0]
     hits = search(index, q, args.top_k)
     if args.json:
         print(json.dumps(hits, indent=2))

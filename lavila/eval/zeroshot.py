@@ -125,11 +125,15 @@ def _encode_fn(loaded: LoadedModel):
     return model.encode_image
 
 
-def _tokenizer(cfg: ModelConfig, args: Any):
-    """The row's tokenizer, from ``--tokenizer`` (or the older ``--bpe-path``) when given."""
-    from lavila.models import get_tokenizer
+def _tokenizer(model_or_cfg: Any, args: Any):
+    """The model's tokenizer: ``--tokenizer`` (or the older ``--bpe-path``), else the files saved beside its weights,
+    else the row's."""
+    from lavila.models import get_tokenizer, tokenizer_for
 
-    return get_tokenizer(cfg, getattr(args, "tokenizer", None) or getattr(args, "bpe_path", None))
+    source = getattr(args, "tokenizer", None) or getattr(args, "bpe_path", None)
+    if isinstance(model_or_cfg, ModelConfig):
+        return get_tokenizer(model_or_cfg, source)
+    return tokenizer_for(model_or_cfg, source)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -397,13 +401,13 @@ def evaluate(args: EvalJob) -> dict[str, Any]:
     templates = TEMPLATES_EGO if args.cls_use_template else TEMPLATES_DEFAULT
     with torch.no_grad():
         if args.benchmark == "ek100_mir":
-            tok = _tokenizer(cfg, args)
+            tok = _tokenizer(loaded.model, args)
             texts = encode_texts(model, tok, [r.narration for r in data.mir.rows], device=device,
                                  precision=args.precision)
             record["metrics"] = score_mir(result, texts, data.mir)
             record["num_sentences"] = len(data.mir.sentences)
         elif args.benchmark == "egomcq":
-            tok = _tokenizer(cfg, args)
+            tok = _tokenizer(loaded.model, args)
             queries = encode_texts(model, tok, [q.query for q in data.questions], device=device,
                                    precision=args.precision)
             options = result.embeds[:, :, 0]  # [N, 5, E] (one view per option)
@@ -419,7 +423,7 @@ def evaluate(args: EvalJob) -> dict[str, Any]:
                 scores = pool_then_softmax(result.embeds, protocol.view_pool)
                 record["metrics"] = score_classification(args.benchmark, scores, data.cls, ok)
         else:
-            tok = _tokenizer(cfg, args)
+            tok = _tokenizer(loaded.model, args)
             classes = class_text_embeddings(model, tok, data.cls.class_texts, templates, device, args.precision)
             video = l2_normalize(np.nan_to_num(result.embeds))  # [N, V, E]
             view_scores = video @ classes.T  # cosine logits [N, V, K]

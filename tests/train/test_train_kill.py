@@ -117,6 +117,7 @@ def _wait_for_step(trace, step: int, timeout: float = 120) -> None:
                       timeout), f"the run did not reach step {step}"
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_at_the_step_boundary_and_the_rerun_resumes_exactly(tmp_path, reference):
     config, out = write_config(tmp_path, workers=2)  # Ctrl-C reaches the DataLoader workers too
     trace = tmp_path / "trace"
@@ -177,6 +178,7 @@ def test_sigterm_saves_and_ends_with_one_line(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- two jobs, one folder
+@pytest.mark.slow
 def test_a_second_job_in_a_running_jobs_folder_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, reference):
     config, out = write_config(tmp_path)
     trace = tmp_path / "trace"
