@@ -279,7 +279,9 @@ def run_index(args: IndexJob) -> int:
 
     from lavila.dist import world_info_from_env
     from lavila.locks import output_lock
+    from lavila.models.hub import resolve_checkpoint
 
+    args.checkpoint = str(resolve_checkpoint(args.checkpoint))  # a released name or URL: downloaded once, md5 checked
     # one job per index folder (ranks each hold their own lock file); a file there is build_index's error to report
     lock = contextlib.nullcontext() if Path(args.out).is_file() else \
         output_lock(args.out, "lavila index", rank=world_info_from_env().rank)
@@ -404,7 +406,9 @@ def run_search(args: SearchJob) -> int:
 
     try:
         index = load_index(args.index)
-        ckpt = args.checkpoint or index["checkpoint"]
+        from lavila.models.hub import resolve_checkpoint
+
+        ckpt = str(resolve_checkpoint(args.checkpoint)) if args.checkpoint else index["checkpoint"]
         loaded = load_eval_model(ckpt, index["protocol"]["frames"], args.model)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise LavilaError(str(err), exit_code=2) from err
