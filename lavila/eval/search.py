@@ -278,7 +278,7 @@ def run_index(args: IndexJob) -> int:
     import contextlib
 
     from lavila.dist import world_info_from_env
-    from lavila.locks import output_lock
+    from lavila.locks import FolderLockedError, output_lock
     from lavila.models.hub import resolve_checkpoint
 
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))  # a released name or URL: downloaded once, md5 checked
@@ -288,6 +288,8 @@ def run_index(args: IndexJob) -> int:
     try:
         with lock:
             index = build_index(args)
+    except FolderLockedError:
+        raise  # its own one line and exit code, not a bad argument
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise LavilaError(str(err), exit_code=2) from err
     print(f"indexed {len(index['windows'])} windows of {len(index['videos_indexed'])} videos -> {args.out} "

@@ -184,7 +184,7 @@ def run_rephrase(job: RephraseJob) -> int:
     from lavila.narrate.shards import ShardError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from lavila.locks import output_lock
+    from lavila.locks import FolderLockedError, output_lock
 
     info = world_info_from_env()
     parts = Path(job.output).with_name(Path(job.output).name + ".parts")
@@ -194,6 +194,8 @@ def run_rephrase(job: RephraseJob) -> int:
             summary = rephrase_metadata(job.metadata, job.output, job.settings, device=resolve_device(
                 job.device, info.local_rank), batch_size=job.batch_size, part_size=job.part_size, limit=job.limit,
                 overwrite=job.overwrite, progress=info.rank == 0, rank=info.rank, world_size=info.world_size)
+    except FolderLockedError:
+        raise  # its own one line and exit code, not a bad argument
     except (OSError, ValueError, ShardError) as err:
         raise LavilaError(str(err), exit_code=2) from err
     print(json.dumps(summary))
