@@ -127,15 +127,14 @@ def word_tokenizer_overrides() -> dict[str, Any]:
 
 
 def stage_world(out: Path, sizes: RecipeSizes, seed: int, progress: bool) -> dict[str, Any]:
-    from tqdm import tqdm
-
     from lavila.data.synthetic import synthetic_tokenizer, world_words, write_world
     from lavila.models.tokenizers import save_tokenizer
+    from lavila.progress import progress as tqdm  # a bar on a terminal, plain lines in a log
 
     spec = WorldSpec(**{**asdict(sizes.world), "seed": seed})
     world = out / "world"
     with tqdm(total=spec.videos + spec.val_videos + spec.test_videos, desc="world", unit="video",
-              disable=not progress) as bar:
+              enabled=progress) as bar:
         doc = write_world(world, spec, progress=bar)
     save_tokenizer(synthetic_tokenizer(), world / "word_tokenizer")
     _write_bert_vocab(world / "bert", world_words())
@@ -167,8 +166,10 @@ def de_values(out: Path, name: str, sizes: RecipeSizes, seed: int, progress: boo
         "output_dir": str(out / name), "clip_length": CLIP_LENGTH, "project_embed_dim": 64, "norm_embed": True,
         "contrastive_use_vissl": True, "temperature_init": 0.07, "batch_size": sizes.batch_size, "epochs": epochs,
         "lr": 2e-3, "lr_start": 1e-5, "lr_end": 1e-5, "warmup_epochs": min(0.1 * epochs, 1), "wd": 0.01,
-        "workers": 0, "seed": seed, "print_freq": max(sizes.de_steps // 20, 1), "save_freq": epochs,
-        "eval_freq": epochs, "device": "cpu", "progress": progress, "plot": True,
+        # fp32 everywhere: the quoted results must not depend on whether this CPU has bf16 units (auto would pick bf16
+        # there), and at these sizes bf16 buys no time
+        "precision": "fp32", "workers": 0, "seed": seed, "print_freq": max(sizes.de_steps // 20, 1),
+        "save_freq": epochs, "eval_freq": epochs, "device": "cpu", "progress": progress, "plot": True,
     }
     if metadata_aux:
         values.update(metadata_aux=metadata_aux, freeze_pseudo_temperature=True, pseudo_temperature_init=0.07)
@@ -199,12 +200,12 @@ def train_dual_encoder(values: dict[str, Any]) -> tuple[torch.nn.Module, Any, di
 
 def stage_lm(out: Path, sizes: RecipeSizes, seed: int, progress: bool) -> dict[str, Any]:
     """A tiny GPT-2 as a plain language model on the human narrations (the narrator's frozen LM)."""
-    from tqdm import tqdm
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from lavila.data.metadata import load_metadata
     from lavila.data.synthetic import gpt2_word_tokenizer
     from lavila.models.tokenizers import HFGPT2Tokenizer
+    from lavila.progress import progress as tqdm  # a bar on a terminal, plain lines in a log
 
     hf_tok = gpt2_word_tokenizer()
     V = len(hf_tok)
@@ -216,7 +217,7 @@ def stage_lm(out: Path, sizes: RecipeSizes, seed: int, progress: bool) -> dict[s
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     losses = []
-    for _ in tqdm(range(sizes.lm_steps), desc="lm", unit="step", disable=not progress):
+    for _ in tqdm(range(sizes.lm_steps), desc="lm", unit="step", enabled=progress):
         pick = torch.randint(0, len(texts), (min(32, len(texts)),), generator=g)
         loss = model(input_ids=ids[pick], labels=labels[pick]).loss
         opt.zero_grad()
@@ -243,7 +244,8 @@ def narrator_values(out: Path, sizes: RecipeSizes, seed: int, progress: bool) ->
     overrides = {**VISION, "text_width": GPT2["n_embd"], "text_layers": GPT2["n_layer"], "text_heads": GPT2["n_head"],
                  "text_vocab_size": V, "text_hf_config": hf, "num_img_queries": 8, "pooler_dim_head": 32,
                  "pooler_heads": 2, "tokenizer_name": None, "tokenizer_vocab_size": V, "tokenizer_bos_id": V - 1,
-                 "tokenizer_eos_id": V - 1, "cross_attn_freq": 1, "text_context_length": MAX_LEN}
+                 "tokenizer_eos_id": V - 1, "cross_attn_freq": 1, "text_context_length": MAX_LEN,
+                 "tokenizer_context_length": MAX_LEN}  # captions padded to 16, not 77: 5x less decoder work
     metadata = out / "world" / "ego4d_train.pkl"
     epochs = _epochs_for(sizes.narrator_steps, len(load_metadata(metadata)), sizes.batch_size)
     return {"task": "narrator", "model": NARRATOR_MODEL, "model_overrides": overrides,
@@ -285,7 +287,7 @@ def stage_narrate(out: Path, progress: bool) -> dict[str, Any]:
                  "--output-name", "ego4d_train.narrator.return_10", "--video-root", str(world / "videos"),
                  "--chunk-len", "-1", "--fps", "-1", "--num-return-sequences", "10", "--top-p", "0.95",
                  "--temperature", "0.7", "--max-len", str(MAX_LEN), "--num-workers", "0", "--batch-size", "64",
-                 "--device", "cpu"])
+                 "--device", "cpu", "--precision", "fp32"])
     if code != 0:
         raise RuntimeError(f"lavila narrate exited {code}")
     path = out / "narrate" / "ego4d_train.narrator.return_10.pkl"
@@ -312,12 +314,12 @@ def stage_rephraser(out: Path, sizes: RecipeSizes, seed: int, progress: bool) ->
     """A tiny T5 trained on the paraphrase pairs, then ``lavila rephrase`` over the human narrations."""
     import shutil
 
-    from tqdm import tqdm
     from transformers import T5Config, T5ForConditionalGeneration
 
     from lavila.cli import main
     from lavila.data.metadata import load_metadata
     from lavila.data.synthetic import PARAPHRASE_PAIRS_FILE, describe, t5_word_tokenizer
+    from lavila.progress import progress as tqdm  # a bar on a terminal, plain lines in a log
 
     world = out / "world"
     pairs = json.loads((world / PARAPHRASE_PAIRS_FILE).read_text())
@@ -332,7 +334,7 @@ def stage_rephraser(out: Path, sizes: RecipeSizes, seed: int, progress: bool) ->
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     losses = []
-    for _ in tqdm(range(sizes.t5_steps), desc="t5", unit="step", disable=not progress):
+    for _ in tqdm(range(sizes.t5_steps), desc="t5", unit="step", enabled=progress):
         pick = torch.randint(0, len(pairs), (min(32, len(pairs)),), generator=g)
         loss = model(input_ids=src.input_ids[pick], attention_mask=src.attention_mask[pick], labels=labels[pick]).loss
         opt.zero_grad()

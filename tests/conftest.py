@@ -17,6 +17,11 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # No network at test time: any code path that would reach the HF hub fails fast instead of retrying for minutes.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The suite does not depend on the CPU it runs on: `--precision auto` means fp32 on every test machine, as on a CPU
+# without bf16 units (an AVX-512-BF16 machine would otherwise train and embed in bf16 wherever a test leaves the
+# default, and comparisons with fp32 references would fail there only). Tests of the bf16 paths ask for bf16
+# explicitly or patch the detection (tests/eval/test_precision.py); subprocesses inherit the variable.
+os.environ.setdefault("LAVILA_CPU_BF16", "0")
 
 
 @pytest.fixture(scope="session")

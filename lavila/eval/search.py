@@ -34,7 +34,7 @@ from lavila.config import option
 from lavila.data.benchmarks import SegmentDataset, SegmentSampling, VideoSegment
 from lavila.data.decode import VideoDecodeError, open_video
 from lavila.data.sampling import window_bounds
-from lavila.dist import resolve_device
+from lavila.dist import bf16_supported, resolve_device
 from lavila.errors import LavilaError
 from lavila.eval import library
 from lavila.eval.cache import EmbeddingCache, digest, file_fingerprint, items_digest
@@ -266,7 +266,8 @@ class IndexJob:
     batch_size: int = option(16, "windows per batch", positive=True)
     workers: int = option(2, "decoding processes", min=0, aliases=("-j",))
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", "auto = bf16 autocast where the device has bf16 units (Ampere+ GPU, AVX-512-BF16/AMX CPU), else fp32")
     rebuild: bool = option(False, "re-embed every video even if the index already holds it")
 
     def __post_init__(self) -> None:
@@ -401,6 +402,20 @@ class SearchJob:
     bpe_path: str | None = option(None, "CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz)")
     tokenizer: str | None = option(None, "HF tokenizer name or folder for DistilBERT models")
     json: bool = option(False, "print the results as JSON")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", "query encoding; auto = the precision the index was built with, where this device can run it")
+
+
+def query_precision(index: dict, device: torch.device, requested: str) -> str:
+    """The query is encoded like the windows were: a bf16 query against fp32 embeddings (or the reverse) shifts
+    every score by ~1e-3, enough to reorder near ties; ``auto`` therefore follows the index, falling back to this
+    device's default where the index's precision cannot run here (fp16 built on a GPU, searched on a CPU)."""
+    if requested != "auto":
+        return requested
+    built = index.get("precision", "fp32")
+    if built == "fp32" or (built == "bf16" and bf16_supported(device)) or (built == "fp16" and device.type == "cuda"):
+        return built
+    return effective_precision(device, "auto")
 
 
 def run_search(args: SearchJob) -> int:
@@ -416,7 +431,8 @@ def run_search(args: SearchJob) -> int:
         raise LavilaError(str(err), exit_code=2) from err
     device = resolve_device(args.device)
     model = loaded.model.to(device)
-    q = encode_texts(model, _tokenizer(loaded.model, args), [args.query], device=device)[0]
+    q = encode_texts(model, _tokenizer(loaded.model, args), [args.query], device=device,
+                     precision=query_precision(index, device, args.precision))[0]
     hits = search(index, q, args.top_k)
     if args.json:
         print(json.dumps(hits, indent=2))

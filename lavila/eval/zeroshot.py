@@ -490,7 +490,8 @@ class EvalJob:
     batch_size: int = option(16, "clips per batch", positive=True)
     workers: int = option(4, "decoding processes", min=0, aliases=("-j",))
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", "auto = bf16 autocast where the device has bf16 units (Ampere+ GPU, AVX-512-BF16/AMX CPU), else fp32")
     limit: int | None = option(None, "only the first N items (smoke tests)", positive=True)
     cache_dir: str | None = option(None, "embedding cache (default $LAVILA_CACHE_DIR or ~/.cache/lavila)")
     cache: bool = option(True, "reuse/store video embeddings in the cache (--no-cache: always recompute)")

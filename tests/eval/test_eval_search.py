@@ -29,7 +29,7 @@ def test_window_bounds():
 def test_index_and_search_media_folder(tmp_path, media_dir, tiny_checkpoint, bpe_path, capsys):
     out = tmp_path / "media.index"
     rc = cli_main(["index", str(media_dir), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
-                   "--workers", "0", "--batch-size", "4"])
+                   "--workers", "0", "--batch-size", "4", "--precision", "fp32"])  # compared with fp32 below
     assert rc == 0
     index = load_index(out)
     assert not (tmp_path / "media.index.work").exists()
