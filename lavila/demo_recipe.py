@@ -471,8 +471,13 @@ def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def plot_results(out: Path, results: dict[str, dict[str, dict[str, float]]]) -> list[Path]:
-    """``recipe_curves.png`` (each stage's training loss) and ``recipe_retrieval.png`` (bars, chance line)."""
+def plot_results(out: Path, results: dict[str, dict[str, dict[str, float]]], batch_size: int) -> list[Path]:
+    """``recipe_curves.png`` (each stage's training loss, chance lines) and ``recipe_retrieval.png`` (bars, chance).
+
+    Chance of the dual encoders' InfoNCE is ln(batch) (uniform over the batch, both directions); of the language
+    models, ln(vocabulary) per token. The narrator's caption loss has no simple chance level: the reference's
+    reduction averages over every padded position (pads count 0).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -487,8 +492,14 @@ def plot_results(out: Path, results: dict[str, dict[str, dict[str, float]]]) -> 
     for name, path in (("GPT-2 LM", out / "lm_losses.json"), ("T5 rephraser", out / "t5_losses.json")):
         if path.is_file():
             axes[2].plot(json.loads(path.read_text()), label=name)
-    for ax, title in zip(axes, ("dual encoders: training loss (train split)", "narrator: caption loss (train split)",
-                                "GPT-2 LM / T5: training loss (train split)")):
+    from lavila.data.synthetic import gpt2_word_tokenizer
+
+    axes[0].axhline(math.log(batch_size), color="k", linestyle="--", label=f"chance (ln {batch_size})")
+    axes[2].axhline(math.log(len(gpt2_word_tokenizer())), color="k", linestyle="--",
+                    label="chance, GPT-2 LM (ln vocabulary)")
+    titles = ("dual encoders: training loss (train split)", "narrator: caption loss (train split; pads count 0)",
+              "GPT-2 LM / T5: training loss (train split)")
+    for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step (logged)")
         ax.legend(fontsize=8)
@@ -580,7 +591,7 @@ def run_recipe(out: str | Path, sizes: RecipeSizes | None = None, *, seed: int =
             model = create_model(out / "models" / name, kind="dual_encoder")
             retrieval[label] = heldout_retrieval(model, tokenizer_for(model), out)
         nar = eval_narrator(out)
-        plots = plot_results(out, retrieval)
+        plots = plot_results(out, retrieval, sizes.batch_size)
         return {"retrieval": retrieval, "narrator": nar, "plots": [str(p) for p in plots]}
 
     ev = st.run("evaluate", evaluate, lambda s: "narrator " + ", ".join(
