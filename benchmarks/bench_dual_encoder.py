@@ -15,7 +15,7 @@ Ratios are printed against the original implementation on this machine kind
 (``../shared/fixtures/reference/reference_bench.md``, fp32, 2 threads) and against this code's own fp32 row
 measured in the same run. Whether the CPU has bf16 units (AMX-BF16 / AVX-512-BF16) is printed in the header: without
 them PyTorch emulates bf16 and the bf16 rows are *slower* than fp32 (that is why ``--precision auto`` stays fp32
-there, see ``lavila.eval.embed.cpu_has_bf16``).
+there, see ``lavila.dist.cpu_has_bf16``).
 
     python benchmarks/bench_dual_encoder.py --threads 2                     # TSF-B, 4 x 224 px, batch 2, all rows
     python benchmarks/bench_dual_encoder.py --threads 2 --suite precision   # fp32 vs bf16 only
@@ -135,7 +135,7 @@ def configurations(suite: str, device: str) -> list[dict]:
 def cpu_bf16_line() -> str:
     import torch
 
-    from lavila.eval.embed import cpu_has_bf16
+    from lavila.dist import cpu_has_bf16
 
     return (f"CPU bf16 units (AMX-BF16/AVX-512-BF16): {'yes' if cpu_has_bf16() else 'no'}; "
             f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")

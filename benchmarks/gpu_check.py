@@ -141,23 +141,31 @@ def _train_step_fn(model, criterion, opt, video, text, mask, device, attention: 
     return step
 
 
-def _model_flops_per_clip(model, criterion, device, frames: int) -> float:
-    """fwd + bwd FLOPs of one clip, counted on the math attention path (every matmul visible), no checkpointing."""
+def model_flops_per_clip(model, criterion, device, frames: int, batch: int = 2) -> float:
+    """fwd + bwd FLOPs of one clip, counted on the math attention path (every matmul visible), no checkpointing.
+
+    Counts depend on shapes only, so a model built on the ``meta`` device (no weights, no arithmetic: instant even
+    for TSF-L) gives the same figure as a real one; there autocast is skipped (meta has none). Also used by
+    ``benchmarks/recipe_cost.py`` for the paper projection of a recipe's cost.
+    """
+    import contextlib
+
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     model.set_grad_checkpointing(False)  # the caller sets its own choice afterwards
     model.visual.set_attention_impl("math")
-    video, text, mask = _dual_encoder_inputs(model, 2, frames, device)
+    video, text, mask = _dual_encoder_inputs(model, batch, frames, device)
+    low = contextlib.nullcontext() if device.type == "meta" else torch.autocast(device.type, dtype=torch.bfloat16)
     counter = FlopCounterMode(display=False)
     with counter:
-        with sdpa_kernel([SDPBackend.MATH]), torch.autocast(device.type, dtype=torch.bfloat16):
+        with sdpa_kernel([SDPBackend.MATH]), low:
             out = model(video, text, mask) if mask is not None else model(video, text)
         loss = criterion({k: v.float() for k, v in out.items()})["loss"]
         loss.backward()
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 2
+    return counter.get_total_flops() / batch
 
 
 def _train_section(args, name: str, batch: int, checkpointing: bool, attentions: list[str], label: str) -> dict:
@@ -176,7 +184,7 @@ def _train_section(args, name: str, batch: int, checkpointing: bool, attentions:
     model = create_model(name, **overrides).to(device)
     model.freeze_temperature()
     criterion = CLIPLoss()
-    flops_clip = _model_flops_per_clip(model, criterion, device, 4)
+    flops_clip = model_flops_per_clip(model, criterion, device, 4)
     model.set_grad_checkpointing(checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True)

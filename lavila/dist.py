@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 
+from lavila.errors import ConfigError
+
 # torch 2.13 deprecates the autograd-aware gather in favour of the newer functional collectives, which older
 # supported versions (>= 2.1) lack; it still works, so keep its warning out of every training log.
 warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
@@ -144,6 +146,21 @@ def effective_precision(device: torch.device, precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
     return default_precision(torch.device(device)) if precision == "auto" else precision
+
+
+def runnable_precision(device: torch.device, precision: str, what: str) -> str:
+    """:func:`effective_precision`, refusing a choice that cannot run on ``device``: every entry point (train, eval,
+    index, search, narrate) calls this once, before loading anything, so they refuse alike and early.
+
+    fp16 needs CUDA: CPUs have no fast fp16 matmuls (autocast would run, slowly and without the loss scaling training
+    needs), so an explicit ``--precision fp16`` there is a one-line :class:`~lavila.errors.ConfigError` naming
+    ``what`` ("this evaluation", "training") rather than a silent fallback. ``auto`` never resolves to fp16.
+    """
+    device = torch.device(device)
+    resolved = effective_precision(device, precision)
+    if resolved == "fp16" and device.type != "cuda":
+        raise ConfigError(f"--precision fp16 needs CUDA, but {what} runs on {device}: use --precision bf16 or fp32")
+    return resolved
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -38,6 +38,21 @@ def media_dir() -> Path:
     return MEDIA
 
 
+@pytest.fixture
+def bf16_units(monkeypatch):
+    """``bf16_units(True/False)``: pretend the CPU has or lacks bf16 units, independent of the test machine.
+
+    Patches the one detection every entry point consults (``lavila.dist.cpu_has_bf16``), so ``--precision auto``
+    of train, eval, index and narrate follows it alike.
+    """
+    from lavila import dist
+
+    def set_(value: bool) -> None:
+        monkeypatch.setattr(dist, "cpu_has_bf16", lambda: value)
+
+    return set_
+
+
 def reference_file(name: str) -> Path:
     """Path of one reference fixture, skipping the calling test when the shared folder is absent."""
     path = REFERENCE / name

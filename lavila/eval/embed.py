@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 
 from lavila import dist
 from lavila.data.benchmarks import collate_views
-from lavila.dist import PRECISIONS, autocast_context, cpu_has_bf16, default_precision, effective_precision
+from lavila.dist import autocast_context
 from lavila.eval.cache import EmbeddingCache
 from lavila.progress import progress as progress_bar  # tqdm on a terminal, plain periodic lines in a log
 
@@ -40,11 +40,10 @@ class EmbedResult:
         return mask
 
 
-# The precision rule (``auto`` = bf16 only where the device has bf16 units, fp32 elsewhere) lives in lavila.dist, next
-# to the device rule, so train, eval, index and narrate resolve ``--precision`` identically; re-exported here for the
-# callers of this module.
-__all__ = ["PRECISIONS", "EmbedResult", "autocast_context", "cpu_has_bf16", "default_precision", "effective_precision",
-           "embed_dataset", "encode_texts", "l2_normalize"]
+# The precision rule (``auto`` = bf16 only where the device has bf16 units, fp32 elsewhere; fp16 refused off CUDA)
+# lives in lavila.dist alone, next to the device rule, so train, eval, index and narrate resolve ``--precision``
+# identically and a test patches one place (``lavila.dist.cpu_has_bf16``). This engine only applies the autocast.
+__all__ = ["EmbedResult", "embed_dataset", "encode_texts", "l2_normalize"]
 
 
 @torch.no_grad()

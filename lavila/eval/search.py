@@ -34,11 +34,11 @@ from lavila.config import option
 from lavila.data.benchmarks import SegmentDataset, SegmentSampling, VideoSegment
 from lavila.data.decode import VideoDecodeError, open_video
 from lavila.data.sampling import window_bounds
-from lavila.dist import bf16_supported, resolve_device
+from lavila.dist import bf16_supported, effective_precision, resolve_device, runnable_precision
 from lavila.errors import LavilaError
 from lavila.eval import library
 from lavila.eval.cache import EmbeddingCache, digest, file_fingerprint, items_digest
-from lavila.eval.embed import effective_precision, embed_dataset, encode_texts, l2_normalize
+from lavila.eval.embed import embed_dataset, encode_texts, l2_normalize
 from lavila.failpoints import failpoint
 from lavila.models import model_transforms
 
@@ -121,16 +121,16 @@ def build_index(args: IndexJob, loaded: Any = None) -> dict[str, Any]:
                          "give a new --out or remove the file")
     if not folder.is_dir():
         raise FileNotFoundError(f"not a folder: {folder}")
+    device = resolve_device(args.device)
+    precision = runnable_precision(device, args.precision, "this index")  # before anything is loaded or cleaned
     if out.is_dir():
         library.clean_library(out)  # temporaries and superseded generations of a run a kill interrupted
     previous = load_index(out) if library.is_library(out) else None
-    device = resolve_device(args.device)
     if loaded is None:
         loaded = load_eval_model(args.checkpoint, args.frames, args.model)
     if loaded.kind != "dual_encoder":
         raise ValueError(f"{args.checkpoint} is a classifier checkpoint; search needs a dual encoder (text tower)")
     model, cfg = loaded.model.to(device), loaded.config
-    precision = effective_precision(device, args.precision)
     protocol = {"window": args.window, "stride": args.stride, "frames": args.frames, "crop": cfg.vision.img_size}
     fields = {"video_root": str(folder), "checkpoint": str(Path(args.checkpoint).resolve()),
               "checkpoint_fingerprint": file_fingerprint(args.checkpoint), "model": cfg.name, "protocol": protocol,
@@ -163,7 +163,7 @@ def build_index(args: IndexJob, loaded: Any = None) -> dict[str, Any]:
         dataset = SegmentDataset(folder, segments, SegmentSampling(args.frames), model_transforms(cfg)[1])
         key = digest({**fields, "checkpoint": fields["checkpoint_fingerprint"], "items": items_digest(segments)})
         result = embed_dataset(model.encode_image, dataset, device=device, batch_size=args.batch_size,
-                               num_workers=args.workers, precision=args.precision,
+                               num_workers=args.workers, precision=precision,
                                cache=EmbeddingCache(out / library.WORK, key), desc="index windows",
                                allow_all_failed=True)
         for i, message in sorted(result.failed.items()):
@@ -409,9 +409,10 @@ class SearchJob:
 def query_precision(index: dict, device: torch.device, requested: str) -> str:
     """The query is encoded like the windows were: a bf16 query against fp32 embeddings (or the reverse) shifts
     every score by ~1e-3, enough to reorder near ties; ``auto`` therefore follows the index, falling back to this
-    device's default where the index's precision cannot run here (fp16 built on a GPU, searched on a CPU)."""
+    device's default where the index's precision cannot run here (fp16 built on a GPU, searched on a CPU). An
+    explicit choice is kept, except one that cannot run here (fp16 off CUDA: a one-line error)."""
     if requested != "auto":
-        return requested
+        return runnable_precision(device, requested, "this search")
     built = index.get("precision", "fp32")
     if built == "fp32" or (built == "bf16" and bf16_supported(device)) or (built == "fp16" and device.type == "cuda"):
         return built
@@ -423,16 +424,16 @@ def run_search(args: SearchJob) -> int:
 
     try:
         index = load_index(args.index)
+        device = resolve_device(args.device)
+        precision = query_precision(index, device, args.precision)  # refused (fp16 off CUDA) before the model loads
         from lavila.models.hub import resolve_checkpoint
 
         ckpt = str(resolve_checkpoint(args.checkpoint)) if args.checkpoint else index["checkpoint"]
         loaded = load_eval_model(ckpt, index["protocol"]["frames"], args.model)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise LavilaError(str(err), exit_code=2) from err
-    device = resolve_device(args.device)
     model = loaded.model.to(device)
-    q = encode_texts(model, _tokenizer(loaded.model, args), [args.query], device=device,
-                     precision=query_precision(index, device, args.precision))[0]
+    q = encode_texts(model, _tokenizer(loaded.model, args), [args.query], device=device, precision=precision)[0]
     hits = search(index, q, args.top_k)
     if args.json:
         print(json.dumps(hits, indent=2))

@@ -48,7 +48,6 @@ from lavila.eval import metrics
 from lavila.eval.cache import EmbeddingCache, default_cache_dir, digest, file_fingerprint, items_digest
 from lavila.eval.embed import (
     EmbedResult,
-    effective_precision,
     embed_dataset,
     encode_texts,
     l2_normalize,
@@ -354,6 +353,7 @@ def evaluate(args: EvalJob) -> dict[str, Any]:
     """Run one benchmark; returns the result record (also written to ``--output`` by :func:`run`)."""
     info = dist.init_distributed() if dist.world_info_from_env().distributed else dist.DistInfo()
     device = dist.resolve_device(args.device)
+    precision = dist.runnable_precision(device, args.precision, "this evaluation")  # before anything is loaded
     kind = get_model_config(args.checkpoint, arch=args.model).kind
     protocol = resolve_protocol(args, kind)
     loaded = load_eval_model(args.checkpoint, protocol.clip_length, args.model)
@@ -361,7 +361,6 @@ def evaluate(args: EvalJob) -> dict[str, Any]:
     cfg = loaded.config
     data = load_benchmark(args.benchmark, args)
     dataset = build_dataset(data, protocol, cfg, args.root)
-    precision = effective_precision(device, args.precision)
 
     key_parts = {
         "checkpoint": file_fingerprint(args.checkpoint), "model": cfg.name, "kind": kind,
@@ -374,7 +373,7 @@ def evaluate(args: EvalJob) -> dict[str, Any]:
         cache = EmbeddingCache(Path(args.cache_dir) if args.cache_dir else default_cache_dir(), digest(key_parts))
     result = embed_dataset(
         _encode_fn(loaded), dataset, device=device, batch_size=args.batch_size, num_workers=args.workers,
-        precision=args.precision, cache=cache, desc=f"{args.benchmark} clips", meta=key_parts,
+        precision=precision, cache=cache, desc=f"{args.benchmark} clips", meta=key_parts,
     )
 
     record: dict[str, Any] = {
@@ -403,13 +402,13 @@ def evaluate(args: EvalJob) -> dict[str, Any]:
         if args.benchmark == "ek100_mir":
             tok = _tokenizer(loaded.model, args)
             texts = encode_texts(model, tok, [r.narration for r in data.mir.rows], device=device,
-                                 precision=args.precision)
+                                 precision=precision)
             record["metrics"] = score_mir(result, texts, data.mir)
             record["num_sentences"] = len(data.mir.sentences)
         elif args.benchmark == "egomcq":
             tok = _tokenizer(loaded.model, args)
             queries = encode_texts(model, tok, [q.query for q in data.questions], device=device,
-                                   precision=args.precision)
+                                   precision=precision)
             options = result.embeds[:, :, 0]  # [N, 5, E] (one view per option)
             scores = np.einsum("ne,nke->nk", queries.astype(np.float64), np.nan_to_num(options).astype(np.float64))
             record["metrics"] = metrics.egomcq_accuracy(
@@ -424,7 +423,7 @@ def evaluate(args: EvalJob) -> dict[str, Any]:
                 record["metrics"] = score_classification(args.benchmark, scores, data.cls, ok)
         else:
             tok = _tokenizer(loaded.model, args)
-            classes = class_text_embeddings(model, tok, data.cls.class_texts, templates, device, args.precision)
+            classes = class_text_embeddings(model, tok, data.cls.class_texts, templates, device, precision)
             video = l2_normalize(np.nan_to_num(result.embeds))  # [N, V, E]
             view_scores = video @ classes.T  # cosine logits [N, V, K]
             scores = pool_views(view_scores, protocol.view_pool)

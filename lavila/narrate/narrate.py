@@ -51,7 +51,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from tyro.conf import Positional
 
 from lavila.config import ConfigError, Where, option
-from lavila.dist import autocast_context, effective_precision, resolve_device
+from lavila.dist import autocast_context, effective_precision, resolve_device, runnable_precision
 from lavila.errors import LavilaError
 from lavila.failpoints import failpoint
 from lavila.narrate.generate import GenerationConfig, decode_one, generate
@@ -144,15 +144,11 @@ def narrate_precision(job: Any, device: torch.device) -> str:
     (:func:`lavila.dist.effective_precision`, the rule of training and evaluation too). fp16 needs CUDA: an explicit
     ``--precision fp16`` on CPU is a one-line error; the legacy ``--use-half`` keeps its old meaning there (a
     warning, then fp32)."""
-    precision = effective_precision(device, requested_precision(job))
-    if precision == "fp16" and device.type != "cuda":
-        if getattr(job, "precision", None) in (None, "auto"):  # --use-half
-            log.warning("--use-half ignored on %s (fp16 matmuls are slow or unsupported there); running fp32",
-                        device)
-            return "fp32"
-        raise LavilaError(f"--precision fp16 needs CUDA, but this narration runs on {device}: use --precision bf16 "
-                          "or fp32", exit_code=2)
-    return precision
+    requested = requested_precision(job)
+    if requested == "fp16" and device.type != "cuda" and getattr(job, "precision", None) in (None, "auto"):
+        log.warning("--use-half ignored on %s (fp16 matmuls are slow or unsupported there); running fp32", device)
+        return "fp32"
+    return runnable_precision(device, requested, "this narration")  # explicit fp16 off CUDA: a one-line error
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -112,6 +112,7 @@ class Trainer:
         self.device = dist.resolve_device(cfg.device, local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        self.use_amp, self.amp_dtype = amp_settings(cfg, self.device)  # refuses fp16 off CUDA before any work
         seed_everything(cfg.seed + self.rank)  # the reference seeds seed + rank
         self.output_dir = Path(cfg.output_dir)
         if self.main:
@@ -126,7 +127,6 @@ class Trainer:
         self._wrap_model()
         self.optimizer = self.task.build_optimizer(self.task.param_groups(self.bare_model, self.criterion),
                                                    use_zero=cfg.use_zero and self.world > 1)
-        self.use_amp, self.amp_dtype = amp_settings(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
         self._build_data()
         self.schedule = LRSchedule.from_config(cfg, self.iters_per_epoch)
@@ -524,12 +524,7 @@ def amp_settings(cfg: TrainConfig, device: torch.device) -> tuple[bool, torch.dt
     before the loss, weights and AdamW state stay fp32). fp16 is refused off CUDA: it needs loss scaling, and
     CPUs have no fast fp16 matmuls.
     """
-    precision = dist.effective_precision(device, cfg.requested_precision())
-    if precision == "fp16" and device.type != "cuda":
-        from lavila.config import ConfigError
-
-        raise ConfigError(f"precision fp16 needs CUDA (loss scaling, fp16 kernels), but training runs on {device}: "
-                          "use --precision bf16 or fp32")
+    precision = dist.runnable_precision(device, cfg.requested_precision(), "training")  # fp16 off CUDA: refused
     if precision == "fp32":
         return False, torch.float32
     return True, dist.AUTOCAST_DTYPES[precision]

@@ -8,7 +8,6 @@ import logging
 import pytest
 import torch
 
-from lavila import dist
 from lavila.config import ConfigError
 from lavila.errors import LavilaError
 from lavila.narrate.generate import GenerationConfig
@@ -19,14 +18,6 @@ CPU = torch.device("cpu")
 
 def where(key: str) -> str:
     return f"key {key!r}"
-
-
-@pytest.fixture
-def bf16_units(monkeypatch):
-    def set_(value: bool) -> None:
-        monkeypatch.setattr(dist, "cpu_has_bf16", lambda: value)
-
-    return set_
 
 
 def test_auto_follows_the_hardware_and_explicit_choices_win(bf16_units):

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from lavila import dist
 from lavila.config import ConfigError
 from lavila.demo import demo_values
 from lavila.models.checkpoint import read_checkpoint
@@ -19,16 +18,6 @@ from lavila.train.recipe import build_config
 from tests.train.helpers import tiny_config
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture
-def bf16_units(monkeypatch):
-    """Pretend the CPU has (True) or lacks (False) bf16 units, independent of the test machine."""
-
-    def set_(value: bool) -> None:
-        monkeypatch.setattr(dist, "cpu_has_bf16", lambda: value)
-
-    return set_
 
 
 @pytest.mark.parametrize("values, expected", [
