@@ -110,9 +110,11 @@ class AppState:
 
     def query(self, text: str, k: int) -> list[dict[str, Any]]:
         from lavila.eval.embed import encode_texts
+        from lavila.eval.search import query_precision
 
+        precision = query_precision(self.index, torch.device(self.device), "auto")  # as `lavila search` does
         with self._lock, torch.no_grad():
-            q = encode_texts(self.model, self.tokenizer, [text], device=self.device)[0]
+            q = encode_texts(self.model, self.tokenizer, [text], device=self.device, precision=precision)[0]
             return search(self.index, np.asarray(q), k)
 
     # ------------------------------------------------------------------------------------------------ files
