@@ -11,7 +11,8 @@ dead processes only, never the file another live process (another rank, another 
 
 A full disk is reported as :class:`DiskFullError` ("No space left on device: <target>"), not as the write error of
 the library that was writing (``torch.save`` says ``unexpected pos ...`` with neither errno nor path); the previous
-file stays intact.
+file stays intact. Any other failure of the system (a read-only file system, a permission) is an ``OSError`` that
+names the target, not the temporary file.
 
 Every step passes a fail point (:mod:`lavila.failpoints`): ``atomic.tmp_written``, ``atomic.before_rename`` and
 ``atomic.after_rename``, with the target's file name as detail.
@@ -74,6 +75,19 @@ def _is_disk_full(err: BaseException) -> int | None:
                 return errno.ENOSPC
         err, seen = err.__cause__ or err.__context__, seen + 1
     return None
+
+
+def _naming_target(err: OSError, path: Path) -> OSError:
+    """`err` about the target `path` when it names this write's temporary (or only the target's bare name, as a
+    fail point does): the user sees which output could not be written (``Read-only file system: <path>``), not an
+    internal ``.<name>.lavila-<pid>@<host>.<random>.tmp``. An error about another file is returned unchanged."""
+    if err.errno is None or err.filename is None:
+        return err
+    named = Path(os.fsdecode(err.filename))
+    is_temp = named.parent == path.parent and named.name.startswith(_temp_prefix(path))
+    if not is_temp and str(named) != path.name:
+        return err
+    return OSError(err.errno, err.strerror, str(path))  # the errno's subclass: PermissionError, ...
 
 
 def _temp_prefix(path: Path) -> str:
@@ -169,7 +183,7 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
         code = _is_disk_full(err)
         if code:
             raise DiskFullError(path, code) from err
-        raise
+        raise _naming_target(err, path) from err
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are shared like any other file the job writes
@@ -186,6 +200,8 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
         code = _is_disk_full(err)
         if code:
             raise DiskFullError(path, code) from err
+        if isinstance(err, OSError):
+            raise _naming_target(err, path) from err
         raise
     finally:
         if tmp.exists():

@@ -7,8 +7,11 @@ the dataclass defaults, an optional ``--config FILE`` YAML, then the flags throu
 lazily, so that ``lavila models`` does not pay for importing the video decoder and a verb whose optional
 dependency is missing fails only when it is used.
 
-Expected failures (:class:`lavila.errors.LavilaError`, including every usage and configuration error) print one
-line ``lavila VERB: error: ...``; a traceback only with ``--debug`` or ``LAVILA_DEBUG=1``.
+Expected failures print one line ``lavila VERB: error: ...`` and exit with 1 (the job failed) or 2 (bad input or
+arguments); a traceback only with ``--debug`` or ``LAVILA_DEBUG=1``. They are :class:`lavila.errors.LavilaError`
+(every usage, configuration, metadata, annotation, tokenizer, checkpoint and shard error) and ``OSError`` — a
+read-only or missing folder, a full disk (:class:`lavila.atomic.DiskFullError`), a file where a folder should be —
+printed as ``<strerror>: <file>`` (exit 1). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -154,6 +157,18 @@ def _silence_stdout() -> None:
         pass
 
 
+def describe_os_error(err: OSError) -> str:
+    """``<strerror>: <file>`` (``-> <file2>`` for a rename), one line: what failed and where, without the
+    ``[Errno N]`` and quotes of ``str(OSError)``; the error's own text when it names no file."""
+    if err.strerror and err.filename is not None:
+        text = f"{err.strerror}: {os.fsdecode(err.filename)}"
+        if err.filename2 is not None:
+            text += f" -> {os.fsdecode(err.filename2)}"
+        return text
+    text = err.strerror or str(err) or type(err).__name__
+    return " ".join(text.split())  # one line even when a library's message has several
+
+
 def main(argv: list[str] | None = None) -> int:
     argv, debug = _debug_requested(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
@@ -185,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lavila {verb}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # after BrokenPipeError: the environment refused a read or write (EROFS, ENOSPC, ...)
+        if debug:
+            raise
+        print(f"lavila {verb}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 
 Every verb raises a :class:`LavilaError` (or a subclass) for a problem that is the user's input, data or
 environment rather than a bug: a missing file, a bad flag, a checkpoint of the wrong kind. ``lavila.cli.main``
-prints ``lavila VERB: error: <message>`` and exits with :attr:`LavilaError.exit_code`; anything else is a bug and
+prints ``lavila VERB: error: <message>`` and exits with :attr:`LavilaError.exit_code`; an ``OSError`` (a read-only
+file system, a full disk) is printed the same way as ``<strerror>: <file>``, exit 1; anything else is a bug and
 keeps its traceback. ``--debug`` (or ``LAVILA_DEBUG=1``) shows the traceback of expected failures too.
 
-Both classes also derive from :class:`ValueError` so that library callers that already catch ``ValueError`` for
-bad input keep working.
+Every subclass (``MetadataError``, ``AnnotationError``, ``TokenizerError``, ``ShardError``, ...) also derives from
+:class:`ValueError`, so library callers that already catch ``ValueError`` for bad input keep working.
 """
 
 from __future__ import annotations

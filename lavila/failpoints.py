@@ -14,8 +14,11 @@ nothing and leaves no temporary files (the kill tests in ``tests/*/test_*kill*.p
   point's detail (the file name being written, the video, ...): ``atomic.before_rename@checkpoint_best.pt=1``;
 * ``N`` (>= 1): act at the N-th pass of a matching point, counted per process and per term;
 * ``ACTION``: ``exit`` (default: ``os._exit(137)``, the status a shell reports for a SIGKILLed job — no cleanup,
-  no ``finally``, no flush, like a real kill), ``exit(CODE)``, ``kill`` (``SIGKILL`` to itself) or
-  ``sleep(SECONDS)`` (then go on: lets a test find the process mid-work and kill it from outside).
+  no ``finally``, no flush, like a real kill), ``exit(CODE)``, ``kill`` (``SIGKILL`` to itself),
+  ``sleep(SECONDS)`` (then go on: lets a test find the process mid-work and kill it from outside) or
+  ``oserror(ERRNO)`` (raise ``OSError(ERRNO, os.strerror(ERRNO), DETAIL)`` there, as the failing system call
+  would: ``atomic.tmp_written=1:oserror(30)`` is a read-only file system, ``oserror(28)`` a full disk — how the
+  tests prove that such failures reach the user as one line, not a traceback).
 
 ``LAVILA_FAILPOINTS_TRACE=FILE`` appends one line ``pid<TAB>point<TAB>detail`` per pass (whether or not a term
 matches): how a test learns which points a job passes, in which order, and the pids of worker processes.
@@ -38,7 +41,7 @@ TRACE_ENV = "LAVILA_FAILPOINTS_TRACE"
 EXIT_CODE = 137  # 128 + SIGKILL
 
 _TERM = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?:@(?P<detail>[^=]+))?=(?P<n>\d+)(?::(?P<action>.+))?$")
-_ACTION = re.compile(r"^(?P<kind>exit|kill|sleep)(?:\((?P<arg>[0-9.]+)\))?$")
+_ACTION = re.compile(r"^(?P<kind>exit|kill|sleep|oserror)(?:\((?P<arg>[0-9.]+)\))?$")
 
 
 @dataclass
@@ -62,10 +65,12 @@ def parse(spec: str) -> list[_Term]:
         action = _ACTION.match((m.group("action") or "exit").strip()) if m else None
         if m is None or action is None or int(m.group("n")) < 1:
             raise ValueError(f"{ENV}: cannot parse {raw!r} (expected POINT[@DETAIL]=N[:exit|exit(CODE)|kill|"
-                             "sleep(SECONDS)], N >= 1)")
+                             "sleep(SECONDS)|oserror(ERRNO)], N >= 1)")
         arg = action.group("arg")
         if action.group("kind") == "sleep" and arg is None:
             raise ValueError(f"{ENV}: {raw!r}: sleep needs a duration, e.g. sleep(30)")
+        if action.group("kind") == "oserror" and (arg is None or not arg.isdigit() or int(arg) < 1):
+            raise ValueError(f"{ENV}: {raw!r}: oserror needs an errno, e.g. oserror(28) for a full disk")
         terms.append(_Term(m.group("name"), m.group("detail"), int(m.group("n")), action.group("kind"),
                            float(arg) if arg is not None else None))
     return terms
@@ -109,6 +114,9 @@ def _hit(name: str, detail: str) -> None:
             continue
         print(f"failpoint {name}" + (f" ({detail})" if detail else "") + f": {term.action} at pass {term.n}",
               file=sys.stderr, flush=True)
+        if term.action == "oserror":
+            code = int(term.arg or 0)
+            raise OSError(code, os.strerror(code), detail or name)  # the errno's subclass: PermissionError, ...
         if term.action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         os._exit(int(term.arg) if term.arg is not None else EXIT_CODE)

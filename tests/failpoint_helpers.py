@@ -136,6 +136,18 @@ def tree_digest(root: str | os.PathLike, skip: Callable[[Path], bool] = lambda p
             for p in sorted(root.rglob("*")) if p.is_file() and not skip(p)}
 
 
+def one_line_error(proc: subprocess.CompletedProcess, verb: str, codes: Sequence[int] = (1,)) -> str:
+    """The error line of a CLI run that failed the expected way: exit status in `codes`, no traceback, and the
+    last line of stderr the only ``lavila VERB: error: ...`` line (what ``lavila.cli.main`` prints)."""
+    assert proc.returncode in codes, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    prefix = f"lavila {verb}: error: "
+    assert lines and lines[-1].startswith(prefix), proc.stderr[-3000:]
+    assert [line for line in lines if line.startswith(prefix)] == [lines[-1]], proc.stderr[-3000:]
+    return lines[-1]
+
+
 def pid_alive(pid: int) -> bool:
     """True while `pid` runs (a zombie — dead, not yet reaped — counts as dead)."""
     try:

@@ -55,7 +55,8 @@ def test_trace_records_every_pass_with_pid_and_detail(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["demo.step", "demo.step=0", "demo.step=x", "demo.step=1:explode",
-                                 "demo.step=1:sleep"])
+                                 "demo.step=1:sleep", "demo.step=1:oserror", "demo.step=1:oserror(0)",
+                                 "demo.step=1:oserror(2.5)"])
 def test_malformed_terms_are_refused_with_the_term(bad):
     with pytest.raises(ValueError, match="LAVILA_FAILPOINTS"):
         parse(bad)
@@ -72,6 +73,29 @@ def test_unset_means_inactive(monkeypatch):
     try:
         assert failpoints._ACTIVE is True and [t.name for t in failpoints._terms] == ["x.y", "a.b"]
         failpoints.failpoint("x.y")  # first pass of an n=2 term: nothing happens
+    finally:
+        monkeypatch.delenv("LAVILA_FAILPOINTS")
+        failpoints.reload()
+
+
+def test_oserror_raises_the_errno_at_the_nth_pass_with_the_detail_as_file(monkeypatch):
+    """``oserror(ERRNO)``: the OSError the failing system call would raise there, so the caller's handling runs."""
+    import errno
+
+    (term,) = parse("demo.step@*.json=2:oserror(30)")
+    assert (term.action, term.arg, term.n) == ("oserror", 30, 2)
+    monkeypatch.setenv("LAVILA_FAILPOINTS", "demo.step@*.json=2:oserror(30),other.step=1:oserror(13)")
+    failpoints.reload()
+    try:
+        failpoints.failpoint("demo.step", "a.json")  # first pass: nothing
+        failpoints.failpoint("demo.step", "b.txt")  # does not match the glob: not counted
+        with pytest.raises(OSError) as raised:
+            failpoints.failpoint("demo.step", "c.json")
+        assert (raised.value.errno, raised.value.strerror, raised.value.filename) == (
+            errno.EROFS, os.strerror(errno.EROFS), "c.json")
+        failpoints.failpoint("demo.step", "d.json")  # only the n-th pass acts
+        with pytest.raises(PermissionError):  # the errno's own subclass, as from a real call
+            failpoints.failpoint("other.step")
     finally:
         monkeypatch.delenv("LAVILA_FAILPOINTS")
         failpoints.reload()

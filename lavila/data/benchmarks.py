@@ -36,12 +36,16 @@ from lavila.data.sampling import (
     strided_frame_ids,
     video_loader,
 )
+from lavila.errors import LavilaError
 
 PathLike = str | os.PathLike
 
 
-class AnnotationError(ValueError):
-    """A malformed annotation file; the message names the file, the row and the field."""
+class AnnotationError(LavilaError):
+    """A malformed annotation file; the message names the file, the row and the field.
+
+    A :class:`~lavila.errors.LavilaError` (so also a ``ValueError``): the CLI prints it as one line.
+    """
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -40,8 +40,12 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 _FIELDS = ("video_uid", "start_sec", "end_sec", "text", "score")
 
 
-class MetadataError(ValueError):
-    """A metadata row does not have the shape the datasets expect; the message names file, row and field."""
+class MetadataError(LavilaError):
+    """A metadata row does not have the shape the datasets expect; the message names file, row and field.
+
+    A :class:`~lavila.errors.LavilaError` (so also a ``ValueError``): every verb that reads metadata reports it as
+    one line, not a traceback.
+    """
 
     def __init__(self, source: str, row: int | None, field: str | None, problem: str) -> None:
         where = source if row is None else f"{source}: row {row}" + (f", field {field!r}" if field else "")

@@ -14,7 +14,8 @@ Resumable and safe to interrupt: a chunk is written to a temporary name, checked
 and renamed; a per-video ``manifest.json`` (written atomically) lists finished chunks with their frame count and
 size. A rerun skips videos whose manifest says complete and whose chunks are all present with the recorded size,
 deletes leftovers of interrupted runs and re-encodes from the first missing chunk. A video that cannot be decoded is
-reported (with the reason) in the final report and in ``DST/prepare_report.json``; the others go on.
+reported (with the reason) in the final report and in ``DST/prepare_report.json``; the others go on. A destination
+that refuses writes (read-only, full, over quota) is not a bad video: the job stops with one line naming the file.
 
 Parallel videos run in worker processes that die with the parent (``PR_SET_PDEATHSIG`` on Linux, a watchdog of the
 parent pid elsewhere), so a killed job leaves no process writing behind it that a rerun would race. A worker that
@@ -27,7 +28,9 @@ a fresh worker takes the remaining videos, and the job ends with its report. Fai
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
+import errno
 import json
 import math
 import multiprocessing as mp
@@ -45,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from tyro.conf import Positional
 
-from lavila.atomic import atomic_write_bytes, remove_stale_temps
+from lavila.atomic import DiskFullError, atomic_write_bytes, remove_stale_temps
 from lavila.config import option
 from lavila.errors import LavilaError
 from lavila.failpoints import failpoint
@@ -53,6 +56,9 @@ from lavila.failpoints import failpoint
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
+# Errors only a write can cause: the destination refuses every video the same way, so the job stops with one line
+# (``Read-only file system: DST/...``) instead of "failing" each source in turn.
+DESTINATION_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,20 @@ class VideoReport:
     failed: bool = False
     reason: str = ""
     chunks: list[int] = field(default_factory=list)
+    # (errno, strerror, file) of a DESTINATION_ERRNOS failure: not the video's fault, the job stops (not in the JSON)
+    destination_error: tuple[int, str, str] | None = None
+
+    def as_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "destination_error"}
+
+    def raise_destination_error(self) -> None:
+        """Re-raise, in the parent, the write failure a worker met (``DiskFullError`` for a full disk)."""
+        if self.destination_error is None:
+            return
+        code, strerror, filename = self.destination_error
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(filename, code)
+        raise OSError(code, strerror, filename)
 
 
 # ------------------------------------------------------------------------------------------------------ geometry
@@ -267,6 +287,9 @@ def prepare_video(source: str | os.PathLike, dst_root: str | os.PathLike, cfg: P
         _prepare(source, out_dir, cfg, report)
     except Exception as err:  # one bad video must not stop the others
         report.failed, report.reason = True, f"{type(err).__name__}: {err}"
+        if isinstance(err, OSError) and err.errno in DESTINATION_ERRNOS:
+            filename = os.fsdecode(err.filename) if err.filename is not None else str(out_dir)
+            report.destination_error = (err.errno, err.strerror or os.strerror(err.errno), filename)
     return report
 
 
@@ -533,15 +556,18 @@ def prepare_all(
     if workers <= 1:
         for job in jobs:
             reports.append(_work(job))
+            reports[-1].raise_destination_error()
             bar.update(1)
     else:
-        for rep in _run_workers(jobs, workers):
-            reports.append(rep)
-            bar.update(1)
+        with contextlib.closing(_run_workers(jobs, workers)) as done:  # a stop ends the workers at once
+            for rep in done:
+                reports.append(rep)
+                rep.raise_destination_error()
+                bar.update(1)
     bar.close()
     reports.sort(key=lambda r: r.source)
     summary = summarize(reports)
-    payload = json.dumps({"summary": summary, "videos": [asdict(r) for r in reports]}, indent=1).encode()
+    payload = json.dumps({"summary": summary, "videos": [r.as_json() for r in reports]}, indent=1).encode()
     atomic_write_bytes(Path(dst) / "prepare_report.json", lambda f: f.write(payload))
     return reports
 

@@ -278,6 +278,7 @@ class IndexJob:
 def run_index(args: IndexJob) -> int:
     import contextlib
 
+    from lavila.atomic import DiskFullError
     from lavila.dist import world_info_from_env
     from lavila.locks import FolderLockedError, output_lock
     from lavila.models.hub import resolve_checkpoint
@@ -289,8 +290,8 @@ def run_index(args: IndexJob) -> int:
     try:
         with lock:
             index = build_index(args)
-    except FolderLockedError:
-        raise  # its own one line and exit code, not a bad argument
+    except (FolderLockedError, DiskFullError):
+        raise  # its own one line and exit code, not a bad argument (a full disk is a RuntimeError too)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise LavilaError(str(err), exit_code=2) from err
     print(f"indexed {len(index['windows'])} windows of {len(index['videos_indexed'])} videos -> {args.out} "

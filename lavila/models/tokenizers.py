@@ -31,6 +31,8 @@ import ftfy
 import regex
 import torch
 
+from lavila.errors import LavilaError
+
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 BPE_ENV_VAR = "LAVILA_BPE_PATH"
 # HF hub repository whose vocab.json/merges.txt are the same BPE as the reference's gz file. Only fetched on a
@@ -359,8 +361,11 @@ Tokenizer = SimpleTokenizer | HFWordPieceTokenizer | HFGPT2Tokenizer | WordToken
 # --------------------------------------------------------------------------------------------------------------
 
 
-class TokenizerError(ValueError):
-    """The tokenizer found is not the one the model was trained with (or none was found)."""
+class TokenizerError(LavilaError):
+    """The tokenizer found is not the one the model was trained with (or none was found).
+
+    A :class:`~lavila.errors.LavilaError` (so also a ``ValueError``): the CLI prints it as one line.
+    """
 
 
 # kind -> (environment variable with a local folder/file, files that folder must hold, HF class)

@@ -196,7 +196,11 @@ def run_rephrase(job: RephraseJob) -> int:
                 overwrite=job.overwrite, progress=info.rank == 0, rank=info.rank, world_size=info.world_size)
     except FolderLockedError:
         raise  # its own one line and exit code, not a bad argument
-    except (OSError, ValueError, ShardError) as err:
+    except OSError as err:
+        if err.errno is not None and not isinstance(err, FileNotFoundError):
+            raise  # the disk refused a write (read-only, full, ...): the CLI's one line, exit 1, not a bad argument
+        raise LavilaError(str(err), exit_code=2) from err  # a missing input, or a paraphraser that does not load
+    except (ValueError, ShardError) as err:
         raise LavilaError(str(err), exit_code=2) from err
     print(json.dumps(summary))
     if not summary["written"]:
