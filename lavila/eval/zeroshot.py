@@ -507,8 +507,12 @@ def run_eval(args: EvalJob) -> int:
     from lavila.models.hub import resolve_checkpoint
 
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))  # a file, a released name or a URL (cached)
+    from lavila.atomic import DiskFullError
+
     try:
         record = evaluate(args)
+    except (DiskFullError, LavilaError):
+        raise  # their own one line and exit code (1: the job failed), not a bad argument
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise LavilaError(str(err), exit_code=2) from err
     try:
