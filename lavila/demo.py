@@ -76,8 +76,8 @@ class DemoConfig:
     """The whole LaViLa recipe in miniature on synthetic egocentric videos, on CPU (no data, no downloads).
 
     Stages (resumable; see docs/demo.md): world -> baseline dual encoder -> GPT-2 LM -> narrator -> narrate ->
-    rephraser -> LaViLa dual encoder (+ ablations) -> evaluation. ``--quick``: only pre-train one dual encoder on
-    rendered clips (the short version).
+    rephraser -> LaViLa dual encoder (+ ablations) -> evaluation; 7 min 0 s on 2 CPU cores (measured, docs/demo.md).
+    ``--quick``: only pre-train one dual encoder on rendered clips (the short version).
     """
 
     quick: bool = option(False, "the short version: one dual encoder on rendered clips (no narrator/rephraser)")
