@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--return-sequences", type=int, default=10)
     parser.add_argument("--no-recompute", action="store_true", help="skip the slow reference-style path")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
-                        help="autocast precision(s) of the visual encode and the generation (fp32 weights), as "
+                        help="precision(s) of the visual encode and the generation: the weights' dtype, as "
                              "`lavila narrate --precision`; each precision is timed in the same run")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -123,13 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     dtype = next(model.parameters()).dtype
     videos = {b: torch.randn(b, 3, 4, size, size, device=device, dtype=dtype) for b in args.batch_clips}
 
-    from lavila.dist import autocast_context
+    import copy
 
     rows = []
     enc_times: dict[str, list[float]] = {}
+    fp32_model = model
     for precision in args.precisions:
-        with torch.inference_mode(), autocast_context(device, precision):
-            enc_times[precision] = timed(lambda: model.encode_image(videos[1]), args.repeats, device)
+        # as `lavila narrate --precision bf16`: bf16 *weights* (generation reads every weight at every token),
+        # not autocast over the fp32 ones
+        model = fp32_model if precision == "fp32" else copy.deepcopy(fp32_model).to(torch.bfloat16)
+        videos = {b: v.to(next(model.parameters()).dtype) for b, v in videos.items()}
+        with torch.inference_mode():
+            enc_times[precision] = timed(lambda m=model, v=videos[1]: m.encode_image(v), args.repeats, device)
             tokens = {b: model.encode_image(v) for b, v in videos.items()}
             # one short warm-up of both paths instead of a warm-up per configuration (the recompute path is slow)
             for use_cache in (True, False):
@@ -141,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                                                num_return_sequences=args.return_sequences, use_cache=use_cache)
                         gen = torch.Generator(device=device).manual_seed(0)
                         with PeakMemory(device) as mem:
-                            times = timed(lambda cfg=cfg, visual=tokens[clips], gen=gen: generate(
-                                model, visual, cfg, generator=gen), args.repeats, device, warmup=False)
+                            times = timed(lambda m=model, cfg=cfg, visual=tokens[clips], gen=gen: generate(
+                                m, visual, cfg, generator=gen), args.repeats, device, warmup=False)
                         seconds = statistics.median(times)
                         n_tokens = clips * args.return_sequences * (max_len - 1)
                         ref = REFERENCE_S.get(max_len) if not args.tiny else None
