@@ -198,8 +198,13 @@ def load_relevancy(path: PathLike, shape: tuple[int, int] | None = None) -> np.n
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"relevancy matrix not found: {path}")
+    from lavila.data.metadata import RestrictedUnpickler
+
     with open(path, "rb") as f:
-        obj = pickle.load(f)  # noqa: S301 - the user's own annotation file, as in the reference
+        try:
+            obj = RestrictedUnpickler(f).load()  # the reference's format, but nothing in it may run code
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+            raise AnnotationError(f"{path}: not a readable relevancy pickle (a NumPy matrix): {err}") from err
     rel = np.asarray(getattr(obj, "values", obj), dtype=np.float64)
     if rel.ndim != 2:
         raise AnnotationError(f"{path}: relevancy must be a 2-D matrix, got shape {rel.shape}")

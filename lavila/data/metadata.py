@@ -54,8 +54,10 @@ class MetadataError(LavilaError):
 
 
 # ------------------------------------------------------------------------------------------------------ I/O helpers
-class _MetadataUnpickler(pickle.Unpickler):
-    """Allows only what metadata pickles legitimately contain; anything else is refused with its name."""
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only plain data: builtin containers, numbers, strings and NumPy arrays; any other global (the way a
+    crafted pickle runs code) is refused by name. For the reference's pickles a user is given with a dataset
+    (metadata rows, the EK-100 relevancy matrix), which must stay readable without trusting their sender."""
 
     _ALLOWED = {
         ("builtins", "set"),
@@ -76,15 +78,14 @@ class _MetadataUnpickler(pickle.Unpickler):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: a metadata pickle holds only lists/tuples of str and numbers"
+            f"refusing to load {module}.{name}: only lists/tuples/dicts of str and numbers and NumPy arrays are read"
         )
-
 
 
 def _load_pickle(path: Path) -> list:
     with open(path, "rb") as f:
         try:
-            rows = _MetadataUnpickler(f).load()
+            rows = RestrictedUnpickler(f).load()
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
             raise MetadataError(str(path), None, None, f"not a readable metadata pickle: {err}") from err
     if not isinstance(rows, (list, tuple)):

@@ -71,3 +71,18 @@ def test_embedding_cache_round_trip(tmp_path):
     done, failed = cache.load_partials()
     assert sorted(done) == [0, 2] and np.array_equal(done[2], embeds[2]) and failed == {1: "corrupt video"}
     assert cache.path.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+
+
+def test_a_crafted_pickle_as_relevancy_matrix_is_refused_and_does_not_run(tmp_path):
+    from lavila.data.benchmarks import AnnotationError, load_relevancy
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "caption_relevancy_EPIC_100_retrieval_test.pkl"
+    path.write_bytes(pickle.dumps([np.eye(2), Payload(marker)]))
+    with pytest.raises(AnnotationError, match="refusing to load posix.system|refusing to load os.system") as info:
+        load_relevancy(path)
+    assert not marker.exists(), "the relevancy pickle was unpickled: its payload ran"
+    assert str(path) in str(info.value)
+    good = tmp_path / "good.pkl"
+    good.write_bytes(pickle.dumps(np.array([[1.0, 0.5], [0.0, 1.0]])))  # the reference's format still reads
+    assert load_relevancy(good, (2, 2)).tolist() == [[1.0, 0.5], [0.0, 1.0]]
