@@ -9,7 +9,11 @@ CUDA) belongs to that configuration alone:
   index) and for the train step. The bf16 train step keeps fp32 master weights and fp32 optimiser state (autocast
   only lowers the matmuls/attention), computes the loss in fp32, and steps a fused AdamW (``fused=True``; fp32
   rows also show the default foreach AdamW). No host sync inside a step. The bf16 encode row also reports the
-  cosine between its embeddings and the fp32 embeddings of the same weights and clips.
+  cosine between its embeddings and the fp32 embeddings of the same weights and clips. On CPU the fp32 foreach and
+  bf16 fused train rows run once more with glibc's default allocator settings (``allocator glibc``) instead of
+  the ones every ``lavila`` verb sets (``tuned``, :func:`lavila.malloc.tune_cpu_allocator`).
+
+The attention suite runs in fp32 on CPU, plus bf16 autocast where the CPU has bf16 units (bf16 on CUDA).
 
 Ratios are printed against the original implementation on this machine kind
 (``../shared/fixtures/reference/reference_bench.md``, fp32, 2 threads) and against this code's own fp32 row
@@ -42,9 +46,12 @@ def run_one(cfg: dict) -> dict:
     import torch
 
     from lavila.dist import resolve_device
+    from lavila.malloc import tune_cpu_allocator
     from lavila.models import create_model
     from lavila.models.losses import CLIPLoss
 
+    if cfg["malloc"] == "tuned":  # what every `lavila` verb runs with (lavila.malloc)
+        tune_cpu_allocator()
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
     device = resolve_device(cfg["device"])
@@ -105,23 +112,30 @@ def run_one(cfg: dict) -> dict:
     return result
 
 
-def configurations(suite: str, device: str) -> list[dict]:
-    """(what, grad ckpt, attention, precision, optimizer) rows of one suite."""
+def configurations(suite: str, device: str, bf16_units: bool) -> list[dict]:
+    """(what, grad ckpt, attention, precision, optimizer, allocator) rows of one suite."""
     rows = []
     if suite in ("attention", "all"):
-        for what, ckpt, attn in [("train", False, "math"), ("train", False, "sdpa"), ("train", False, "auto"),
-                                 ("train", True, "auto"), ("encode", False, "math"), ("encode", False, "sdpa"),
-                                 ("encode", False, "auto")]:
-            precision = "bf16" if device == "cuda" else "fp32"
-            rows.append(dict(what=what, checkpointing=ckpt, attn=attn, precision=precision, optimizer="foreach"))
+        precisions = ["bf16"] if device == "cuda" else (["fp32", "bf16"] if bf16_units else ["fp32"])
+        for precision in precisions:
+            for what, ckpt, attn in [("train", False, "math"), ("train", False, "sdpa"), ("train", False, "auto"),
+                                     ("train", True, "auto"), ("encode", False, "math"), ("encode", False, "sdpa"),
+                                     ("encode", False, "auto")]:
+                rows.append(dict(what=what, checkpointing=ckpt, attn=attn, precision=precision,
+                                 optimizer="foreach", malloc="tuned"))
     if suite in ("precision", "all"):
         rows += [
             dict(what="encode", checkpointing=False, attn="auto", precision="fp32", optimizer="foreach"),
             dict(what="encode", checkpointing=False, attn="auto", precision="bf16", optimizer="foreach"),
             dict(what="train", checkpointing=False, attn="auto", precision="fp32", optimizer="foreach"),
             dict(what="train", checkpointing=False, attn="auto", precision="fp32", optimizer="fused"),
+            dict(what="train", checkpointing=False, attn="auto", precision="bf16", optimizer="foreach"),
             dict(what="train", checkpointing=False, attn="auto", precision="bf16", optimizer="fused"),
         ]
+        rows = [dict(r, malloc=r.get("malloc", "tuned")) for r in rows]
+        if device == "cpu":  # the same steps with glibc's default allocator settings (LAVILA_MALLOC_TUNE=0)
+            rows += [dict(what="train", checkpointing=False, attn="auto", precision=p, optimizer=o, malloc="glibc")
+                     for p, o in (("fp32", "foreach"), ("bf16", "fused"))]
     # one measurement per distinct configuration (the suites share the fp32 'auto' rows)
     seen, out = set(), []
     for r in rows:
@@ -163,10 +177,12 @@ def main(argv: list[str] | None = None) -> str:
 
     import torch
 
+    from lavila.dist import cpu_has_bf16
+
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     rows = []
     for device in devices:
-        for row in configurations(args.suite, device):
+        for row in configurations(args.suite, device, cpu_has_bf16()):
             steps = args.steps
             if row["precision"] != "fp32" and args.low_precision_steps is not None:
                 steps = args.low_precision_steps
@@ -189,7 +205,8 @@ def main(argv: list[str] | None = None) -> str:
     def own_fp32(device: str, row: dict) -> float | None:
         for d, r, _, res in rows:
             if (d == device and r["what"] == row["what"] and r["checkpointing"] == row["checkpointing"]
-                    and r["attn"] == row["attn"] and r["precision"] == "fp32" and r["optimizer"] == "foreach"):
+                    and r["attn"] == row["attn"] and r["precision"] == "fp32" and r["optimizer"] == "foreach"
+                    and r["malloc"] == "tuned"):
                 return res["s_per_step"]
         return None
 
@@ -199,9 +216,9 @@ def main(argv: list[str] | None = None) -> str:
         f"{args.threads} CPU threads, median of the timed steps after 1 warm-up; torch {torch.__version__}; "
         f"{cpu_bf16_line()}; load average at the end {load:.1f}",
         "",
-        "| device | precision | step | attention | grad ckpt | AdamW | steps | s/step | clips/s | peak MB "
+        "| device | precision | step | attention | grad ckpt | AdamW | allocator | steps | s/step | clips/s | peak MB "
         "| original s/step | x original | x own fp32 | cosine vs fp32 (min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for device, row, steps, res in rows:
         s = res["s_per_step"]
@@ -210,7 +227,8 @@ def main(argv: list[str] | None = None) -> str:
         cos = f"{res['cosine_min']:.5f}" if "cosine_min" in res else "-"
         lines.append(
             f"| {device} | {row['precision']}{' autocast' if row['precision'] != 'fp32' else ''} | {row['what']} "
-            f"| {row['attn']} | {'on' if row['checkpointing'] else 'off'} | {opt} | {steps} | {s:.3f} "
+            f"| {row['attn']} | {'on' if row['checkpointing'] else 'off'} | {opt} | {row['malloc']} | {steps} "
+            f"| {s:.3f} "
             f"| {args.batch / s:.3f} | {res['peak_mb']:.0f} | {ref or '-'} | {f'{ref / s:.2f}x' if ref else '-'} "
             f"| {f'{own / s:.2f}x' if own else '-'} | {cos} |"
         )

@@ -75,12 +75,21 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=["tensors", "pipeline"], choices=["tensors", "pipeline"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny model at 32 px (smoke test)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="as `lavila train --precision` (auto: bf16 where the hardware has bf16 units)")
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="keep glibc's default allocator settings instead of the ones `lavila` verbs set")
     args = parser.parse_args()
+    if not args.glibc_malloc:
+        from lavila.malloc import tune_cpu_allocator
+
+        tune_cpu_allocator()  # what `lavila train` runs with
 
     from torch.utils.data import DataLoader
 
     from lavila.data.synthetic import synthetic_tokenizer
     from lavila.dist import resolve_device
+    from lavila.train.loop import amp_settings
     from lavila.train.optim import build_optimizer, clamp_logit_scale
     from lavila.train.recipe import build_config
     from lavila.train.state import ResumableDistributedSampler, SeededDataset
@@ -93,7 +102,8 @@ def main() -> int:
     values = {"model": args.model, "model_overrides": overrides, "pretrained": False, "norm_embed": True,
               "contrastive_use_vissl": True, "freeze_temperature": True, "clip_length": args.frames,
               "batch_size": args.batch_size, "use_checkpoint": args.use_checkpoint, "workers": args.workers,
-              "dataset": "ego4d", "metadata": "bench_train.pkl", "fix_lr": True, "device": args.device}
+              "dataset": "ego4d", "metadata": "bench_train.pkl", "fix_lr": True, "device": args.device,
+              "precision": args.precision}
     cfg = build_config(values)
     task = make_task(cfg)
     tokenizer = synthetic_tokenizer(context_length=77)
@@ -103,11 +113,16 @@ def main() -> int:
     optimizer = build_optimizer(task.param_groups(model, criterion), cfg.lr, cfg.betas, cfg.eps, cfg.wd)
     img = model.config.vision.img_size
     rows = []
+    use_amp, amp_dtype = amp_settings(cfg, device)  # the Trainer's rule
+    precision = str(amp_dtype).removeprefix("torch.") if use_amp else "fp32"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
 
     def step(batch: dict) -> None:
-        out = task.compute_loss(model, criterion, batch)
-        out["loss"].backward()
-        optimizer.step()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            out = task.compute_loss(model, criterion, batch)
+        scaler.scale(out["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         clamp_logit_scale(model)
 
@@ -156,7 +171,8 @@ def main() -> int:
             print(f"{mode}: {med:.2f} s/step", file=sys.stderr)
 
     name = args.model + (" (tiny)" if args.tiny else "")
-    print(f"\n{name}, batch {args.batch_size}, {args.frames} x {img} px, fwd + bwd + AdamW"
+    print(f"\n{name}, batch {args.batch_size}, {args.frames} x {img} px, fwd + bwd + AdamW, {precision}"
+          f" (--precision {args.precision}), allocator {'glibc default' if args.glibc_malloc else 'tuned'}"
           f"{', grad checkpointing' if args.use_checkpoint else ''}; {args.threads} threads, {device}, "
           f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"median of {args.steps} steps after {args.warmup} warm-up\n")

@@ -25,6 +25,7 @@ from typing import Any, Literal, NamedTuple
 
 from lavila.config import option, parse
 from lavila.errors import LavilaError
+from lavila.malloc import tune_cpu_allocator
 
 
 class Verb(NamedTuple):
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run, job = build_job(verb, argv[1:])
+        tune_cpu_allocator()  # before the job allocates anything large; see lavila.malloc
         code = run(job)
         sys.stdout.flush()
         return int(code or 0)

@@ -1,9 +1,9 @@
 """The package layers hold: no module imports a higher layer or forms an import cycle, lazy imports included.
 
 Order (lower first): foundation (``lavila.atomic``, ``lavila.dist``, ``lavila.config``, ``lavila.errors``,
-``lavila.failpoints``) -> ``lavila.models`` -> ``lavila.data`` -> ``lavila.eval`` -> ``lavila.train`` ->
-``lavila.narrate`` -> the top (``lavila.cli``, ``lavila.demo``, ``lavila.conformance``, app). ``docs/architecture.md``
-describes the same order.
+``lavila.failpoints``, ``lavila.malloc``, ...) -> ``lavila.models`` -> ``lavila.data`` -> ``lavila.eval`` ->
+``lavila.train`` -> ``lavila.narrate`` -> the top (``lavila.cli``, ``lavila.demo``, ``lavila.conformance``, app).
+``docs/architecture.md`` describes the same order.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "lavila"
 LAYERS = ["foundation", "models", "data", "eval", "train", "narrate", "top"]
 FOUNDATION = {"lavila", "lavila.atomic", "lavila.dist", "lavila.config", "lavila.errors", "lavila.failpoints",
-              "lavila.progress", "lavila.locks"}
+              "lavila.progress", "lavila.locks", "lavila.malloc"}
 
 
 def module_name(path: Path) -> str:

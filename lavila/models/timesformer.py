@@ -57,19 +57,35 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-# On CPU, SDPA's kernels carry a fixed cost per (group, head) that dominates for the time attention's very short
-# sequences (T + 1 keys): measured 4x slower than the explicit path there, slightly faster for the space attention.
+# Which kernel `auto` picks on CPU, from per-call measurements of TSF-B's three attention shapes (space: 8 x 12 heads
+# x 196 queries x 197 keys; time: 392 x 12 x 4 x 5; CLS: 1 query x 785 keys), 2 threads, torch 2.13
+# (docs/performance.md, "Attention kernel on CPU"):
+# * bf16/fp16 inputs (autocast): the explicit product wins everywhere, 2.3-2.8x forward + backward (space 12.5 vs
+#   35.3 ms, time 11.6 vs 27.1 ms): SDPA's CPU flash kernel is not tuned for bf16 at these sizes.
+# * fp32 with autograd: SDPA wins (space 26 vs 48 ms, time 30 vs 35 ms, CLS 3.5 vs 4.7 ms).
+# * fp32 without autograd: SDPA's fixed cost per (group, head) dominates for short sequences (time attention:
+#   8.8 vs 3.1 ms), so those take the explicit product; longer ones SDPA.
 CPU_SDPA_MIN_KEYS = 32
+
+
+def cpu_attention_impl(q: torch.Tensor, k: torch.Tensor) -> str:
+    """The faster kernel on CPU for these inputs (see the measurements above)."""
+    if q.dtype != torch.float32:
+        return "math"
+    if torch.is_grad_enabled() and q.requires_grad:
+        return "sdpa"
+    return "math" if k.shape[-2] < CPU_SDPA_MIN_KEYS else "sdpa"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over the last two dims.
 
     ``sdpa`` uses ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU), ``math`` the explicit
-    product (the benchmark's baseline), ``auto`` SDPA except for short sequences on CPU.
+    product (the benchmark's baseline), ``auto`` SDPA on GPU and the measured faster one on CPU
+    (:func:`cpu_attention_impl`).
     """
     if impl == "auto":
-        impl = "math" if q.device.type == "cpu" and k.shape[-2] < CPU_SDPA_MIN_KEYS else "sdpa"
+        impl = cpu_attention_impl(q, k) if q.device.type == "cpu" else "sdpa"
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v)
     scale = q.shape[-1] ** -0.5

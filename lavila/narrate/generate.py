@@ -11,7 +11,8 @@ caller's ``torch.Generator``, are not HF ``generate``'s); beam search is HF ``ge
 Reference semantics kept on purpose:
 
 * rows are ordered clip-major (clip 0's R sequences first, as ``repeat_interleave``), every row starts with BOS;
-* warpers in HF order: temperature (if != 1), top-k (if > 0), top-p (if < 1), min_tokens_to_keep 1;
+* warpers in HF order: temperature (if != 1), top-k (if > 0), top-p (if < 1), min_tokens_to_keep 1 (top-p by
+  ``lavila.narrate.nucleus``: HF's rule, found without a full sort);
 * the per-sequence score is ``exp(mean entropy of the *un-warped* next-token distribution)`` over the steps up to
   and including the one that emits EOS (not a likelihood of the sampled text); with a ``target`` it is the
   teacher-forced perplexity (CE ignoring pad id 0);
@@ -35,10 +36,10 @@ from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 
 from lavila.config import option
+from lavila.narrate.nucleus import NucleusLogitsWarper
 
 PAD_ID = 0  # the narrator's pad id (GPT-2's "!"), as in the reference tokeniser
 
@@ -96,14 +97,15 @@ class GenerationOutput:
 
 
 def logits_warper(temperature: float | None, top_k: int | None, top_p: float | None) -> LogitsProcessorList:
-    """The reference's ``_get_logits_warper`` (HF warpers, same order and enabling conditions)."""
+    """The reference's ``_get_logits_warper``: HF's warpers, same order and enabling conditions, except that top-p is
+    :class:`lavila.narrate.nucleus.NucleusLogitsWarper` (HF's rule without sorting the vocabulary every step)."""
     warpers = LogitsProcessorList()
     if temperature is not None and temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))
     if top_k is not None and top_k != 0:
         warpers.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
     if top_p is not None and top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+        warpers.append(NucleusLogitsWarper(top_p))
     return warpers
 
 

@@ -128,7 +128,8 @@ def rephrase_metadata(metadata: str | Path, output: str | Path, settings: Rephra
     output = Path(output)
     remove_stale_temps(output.parent, output.name)  # of a merge a kill interrupted; parts: ShardedOutput.open
     shards = ShardedOutput(output.with_name(output.name + ".parts"), total=len(rows),
-                           fingerprint={"metadata": str(Path(metadata).resolve()), "settings": asdict(settings)})
+                           fingerprint={"metadata": str(Path(metadata).resolve()), "settings": asdict(settings)},
+                           output_option="--output")
     shards.open(overwrite=overwrite)
     pending = shards.pending(rank, world_size)
     if limit is not None:
@@ -194,13 +195,13 @@ def run_rephrase(job: RephraseJob) -> int:
             summary = rephrase_metadata(job.metadata, job.output, job.settings, device=resolve_device(
                 job.device, info.local_rank), batch_size=job.batch_size, part_size=job.part_size, limit=job.limit,
                 overwrite=job.overwrite, progress=info.rank == 0, rank=info.rank, world_size=info.world_size)
-    except FolderLockedError:
-        raise  # its own one line and exit code, not a bad argument
+    except (FolderLockedError, ShardError):
+        raise  # their own one line and exit code (1, as in narrate), not a bad argument
     except OSError as err:
         if err.errno is not None and not isinstance(err, FileNotFoundError):
             raise  # the disk refused a write (read-only, full, ...): the CLI's one line, exit 1, not a bad argument
         raise LavilaError(str(err), exit_code=2) from err  # a missing input, or a paraphraser that does not load
-    except (ValueError, ShardError) as err:
+    except ValueError as err:
         raise LavilaError(str(err), exit_code=2) from err
     print(json.dumps(summary))
     if not summary["written"]:

@@ -58,8 +58,9 @@ class ShardedOutput:
     """The part files of one job under ``out_dir`` (see module docstring)."""
 
     def __init__(self, out_dir: str | os.PathLike, total: int, fingerprint: dict[str, Any] | None = None,
-                 ignored_keys: Sequence[str] = ()) -> None:
+                 ignored_keys: Sequence[str] = (), output_option: str = "--output-dir") -> None:
         self.out_dir = Path(out_dir)
+        self.output_option = output_option  # the flag that names this output, for the messages
         self.parts_dir = self.out_dir / PARTS_DIR
         self.total = int(total)
         self.fingerprint = dict(fingerprint or {})
@@ -88,7 +89,7 @@ class ShardedOutput:
                     diff.insert(0, "total")
                 raise ShardError(
                     f"{self.out_dir} holds results of a different job (differs in: {', '.join(diff)}). "
-                    "Use another --output-dir, or --overwrite to discard the old parts."
+                    f"Use another {self.output_option}, or --overwrite to discard the old parts."
                 )
             if have != want and overwrite:
                 self.clear()

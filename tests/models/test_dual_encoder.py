@@ -49,15 +49,41 @@ def test_full_size_models_match_reference_manifest(name):
     assert manifest_diff(model, manifest[name]) == []
 
 
-def test_sdpa_and_explicit_attention_agree():
-    model = tiny().eval()
-    randomize_time_attention(model)
-    video = torch.randn(2, 3, 4, 32, 32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sdpa_and_explicit_attention_agree(dtype):
+    """Forward and gradients of the two kernels agree (fp32, and bf16 autocast as `--precision bf16` runs)."""
+    video, text = torch.randn(2, 3, 4, 32, 32), torch.randint(1, 99, (2, 12))
+    outs, grads = [], []
+    for impl in ("sdpa", "math"):
+        model = tiny()
+        randomize_time_attention(model)
+        model.visual.set_attention_impl(impl)
+        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = model(video, text)
+        outs.append(out["image_embed"].float())
+        (out["image_embed"].float() @ out["text_embed"].float().T).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.visual.parameters() if p.grad is not None]))
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(outs[0], outs[1], **tol)
+    torch.testing.assert_close(grads[0], grads[1], **tol)
+
+
+def test_cpu_attention_rule():
+    """`auto` on CPU: the explicit product for bf16 and for short fp32 sequences without autograd, else SDPA."""
+    from lavila.models.timesformer import CPU_SDPA_MIN_KEYS, cpu_attention_impl
+
+    short, long = CPU_SDPA_MIN_KEYS - 1, CPU_SDPA_MIN_KEYS
+
+    def qk(keys, dtype=torch.float32, grad=False):
+        return torch.zeros(2, 4, 3, 8, dtype=dtype, requires_grad=grad), torch.zeros(2, 4, keys, 8, dtype=dtype)
+
+    assert cpu_attention_impl(*qk(long, torch.bfloat16)) == "math"
+    assert cpu_attention_impl(*qk(short, torch.bfloat16, grad=True)) == "math"
     with torch.no_grad():
-        a = model.encode_image(video)
-        model.visual.set_attention_impl("math")
-        b = model.encode_image(video)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        assert cpu_attention_impl(*qk(short)) == "math"
+        assert cpu_attention_impl(*qk(long)) == "sdpa"
+    assert cpu_attention_impl(*qk(short, grad=True)) == "sdpa"
+    assert cpu_attention_impl(*qk(short, grad=False)) == "math"  # grad mode on, but nothing to differentiate
 
 
 def test_gradient_checkpointing_gives_same_gradients():

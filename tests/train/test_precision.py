@@ -61,12 +61,26 @@ def test_fp16_training_off_cuda_is_refused_when_the_device_resolves_to_cpu(tmp_p
         amp_settings(cfg, CPU)
 
 
-def test_adamw_is_multi_tensor_on_cpu():
+def test_adamw_is_fused_on_cpu_and_matches_the_reference_update():
+    torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(3, 3)), torch.nn.Parameter(torch.randn(3))]
-    opt = build_optimizer([{"params": params, "weight_decay": 0.1}], 1e-3, (0.9, 0.999), 1e-8, 0.1)
-    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
+    opt = build_optimizer([{"params": params[:1], "weight_decay": 0.1}, {"params": params[1:], "weight_decay": 0.0}],
+                          1e-2, (0.9, 0.999), 1e-8, 0.1)
+    assert opt.defaults["fused"] is True and not opt.defaults.get("foreach")
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    plain = torch.optim.AdamW(  # the for-loop reference rule
+        [{"params": copies[:1], "weight_decay": 0.1}, {"params": copies[1:], "weight_decay": 0.0}],
+        lr=1e-2, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    for step in range(3):
+        for group in (params, copies):
+            for i, p in enumerate(group):
+                p.grad = torch.full_like(p, 0.5 * (i + 1) * (step + 1)) + p.detach()
+        opt.step()
+        plain.step()
+    for p, q in zip(params, copies):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
     opt = build_optimizer([{"params": params}], 1e-3, (0.9, 0.999), 1e-8, 0.1, foreach=False)
-    assert opt.defaults["foreach"] is False  # a caller's explicit choice wins
+    assert opt.defaults["foreach"] is False and not opt.defaults["fused"]  # a caller's explicit choice wins
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
