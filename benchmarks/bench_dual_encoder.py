@@ -99,10 +99,14 @@ def run_one(cfg: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(cfg["steps"]):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    result.update(kernel_s=(after.ru_stime - usage.ru_stime) / cfg["steps"],
+                  faults=(after.ru_minflt - usage.ru_minflt) / cfg["steps"])
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -217,8 +221,8 @@ def main(argv: list[str] | None = None) -> str:
         f"{cpu_bf16_line()}; load average at the end {load:.1f}",
         "",
         "| device | precision | step | attention | grad ckpt | AdamW | allocator | steps | s/step | clips/s | peak MB "
-        "| original s/step | x original | x own fp32 | cosine vs fp32 (min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kernel CPU s/step | page faults/step | original s/step | x original | x own fp32 | cosine vs fp32 (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for device, row, steps, res in rows:
         s = res["s_per_step"]
@@ -229,7 +233,8 @@ def main(argv: list[str] | None = None) -> str:
             f"| {device} | {row['precision']}{' autocast' if row['precision'] != 'fp32' else ''} | {row['what']} "
             f"| {row['attn']} | {'on' if row['checkpointing'] else 'off'} | {opt} | {row['malloc']} | {steps} "
             f"| {s:.3f} "
-            f"| {args.batch / s:.3f} | {res['peak_mb']:.0f} | {ref or '-'} | {f'{ref / s:.2f}x' if ref else '-'} "
+            f"| {args.batch / s:.3f} | {res['peak_mb']:.0f} | {res['kernel_s']:.2f} | {res['faults']:.0f} "
+            f"| {ref or '-'} | {f'{ref / s:.2f}x' if ref else '-'} "
             f"| {f'{own / s:.2f}x' if own else '-'} | {cos} |"
         )
     table = "\n".join(lines)

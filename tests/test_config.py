@@ -214,4 +214,4 @@ def test_broken_pipe_is_not_a_traceback(tmp_path):
 def test_generic_config_imports_no_task():
     code = "import sys, lavila.config, lavila.cli; print(sorted(m for m in sys.modules if m.startswith('lavila')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
-    assert out.strip() == "['lavila', 'lavila.cli', 'lavila.config', 'lavila.errors']"
+    assert out.strip() == "['lavila', 'lavila.cli', 'lavila.config', 'lavila.errors', 'lavila.malloc']"

@@ -59,12 +59,12 @@ class Mlp(nn.Module):
 
 # Which kernel `auto` picks on CPU, from per-call measurements of TSF-B's three attention shapes (space: 8 x 12 heads
 # x 196 queries x 197 keys; time: 392 x 12 x 4 x 5; CLS: 1 query x 785 keys), 2 threads, torch 2.13
-# (docs/performance.md, "Attention kernel on CPU"):
-# * bf16/fp16 inputs (autocast): the explicit product wins everywhere, 2.3-2.8x forward + backward (space 12.5 vs
-#   35.3 ms, time 11.6 vs 27.1 ms): SDPA's CPU flash kernel is not tuned for bf16 at these sizes.
-# * fp32 with autograd: SDPA wins (space 26 vs 48 ms, time 30 vs 35 ms, CLS 3.5 vs 4.7 ms).
+# (`python benchmarks/bench_attention.py`, table in docs/performance.md):
+# * bf16/fp16 inputs (autocast, bf16 weights): the explicit product wins everywhere, 1.8-2.8x forward + backward
+#   (space 11.9 vs 29.9 ms, time 6.2 vs 17.4 ms): SDPA's CPU flash kernel is not tuned for bf16 at these sizes.
+# * fp32 with autograd: SDPA wins (space 25.4 vs 32.7 ms, time 22.2 vs 31.7 ms, CLS 1.8 vs 2.2 ms).
 # * fp32 without autograd: SDPA's fixed cost per (group, head) dominates for short sequences (time attention:
-#   8.8 vs 3.1 ms), so those take the explicit product; longer ones SDPA.
+#   7.8 vs 1.7 ms), so those take the explicit product; longer ones SDPA.
 CPU_SDPA_MIN_KEYS = 32
 
 

@@ -102,9 +102,20 @@ def test_bf16_training_step_autocasts_on_cpu_and_keeps_fp32_state(tmp_path, monk
         assert out["loss"].dtype == torch.float32  # the loss is fp32 even under autocast
         return out
 
+    from lavila.models.losses import CLIPLoss
+
+    in_loss: list[bool] = []
+    loss_forward = CLIPLoss.forward
+
+    def loss_spy(self, *args, **kwargs):
+        in_loss.append(torch.is_autocast_enabled("cpu"))  # the similarity matmul must not run in bf16
+        return loss_forward(self, *args, **kwargs)
+
     monkeypatch.setattr(DualEncoderTask, "compute_loss", spy)
+    monkeypatch.setattr(CLIPLoss, "forward", loss_spy)
     result = train(tiny_config(tmp_path, precision="bf16", epochs=1))
     assert result.global_step == 4 and seen and all(d == torch.bfloat16 for d in seen)
+    assert in_loss and not any(in_loss)
     ckpt = read_checkpoint(tmp_path / "checkpoint.pt")
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
     state = ckpt["optimizer"]["state"]

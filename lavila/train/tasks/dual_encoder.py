@@ -270,10 +270,13 @@ class DualEncoderTask(Task):
     # --- step ---------------------------------------------------------------------------------------------------
     def compute_loss(self, model: nn.Module, criterion: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         out = model(batch["video"], batch["text"], batch.get("attention_mask"))
-        out = {k: v.float() for k, v in out.items()}  # the loss in fp32 even under autocast
+        out = {k: v.float() for k, v in out.items()}
         if "gt" in batch:
             out["gt_indicators"] = batch["gt"]
-        return criterion(out)
+        # The loss in fp32 even under autocast: autocast would run the similarity matmul in bf16, whose spacing at
+        # logit_scale 100 is 0.5 (tests/train/test_precision.py checks the logits are fp32-exact).
+        with torch.autocast(out["image_embed"].device.type, enabled=False):
+            return criterion(out)
 
     def after_optimizer_step(self, model: nn.Module, criterion: nn.Module) -> None:
         clamp_logit_scale(model)
