@@ -22,13 +22,14 @@ def tune_cpu_allocator() -> bool:
 
     Why: a CPU training or encoding step frees and re-allocates the same few GB of activations every step. With
     glibc's defaults, blocks above its (adaptive) mmap threshold are unmapped on free and the heap top is trimmed,
-    so the next step page-faults every page in again: measured on TSF-B (batch 2, 4 x 224, 2 threads) as ~300k
-    minor faults and ~2.7 s of kernel time per 10 s fp32 step. Raising the mmap threshold to glibc's 32 MiB ceiling,
-    never trimming, and padding heap growth keeps that memory mapped (``benchmarks/bench_dual_encoder.py`` has the
-    rows with and without; ``docs/performance.md``). The price: the process keeps its high-water mark of heap
-    memory until it exits, which is what a long job wants anyway. It is what ``LD_PRELOAD``-ing tcmalloc buys,
-    without a launcher. No-op off glibc; ``LAVILA_MALLOC_TUNE=0`` turns it off. Call it once, early, before the
-    big allocations (the CLI does, for every verb); forked data-loader workers inherit it.
+    so the next step page-faults every page in again: measured on TSF-B (batch 2, 4 x 224, 2 threads) as 301k
+    minor faults and 2.2 s of kernel CPU time per 9.4 s fp32 step (43k and 0.7 s per 7.4 s step tuned). Raising
+    the mmap threshold to glibc's 32 MiB ceiling, never trimming, and padding heap growth keeps that memory mapped
+    (``benchmarks/bench_dual_encoder.py`` has the rows with and without; ``docs/performance.md``). The price: the
+    process keeps its high-water mark of heap memory until it exits, which is what a long job wants anyway. It is
+    what ``LD_PRELOAD``-ing tcmalloc buys, without a launcher. No-op off glibc; ``LAVILA_MALLOC_TUNE=0`` turns it
+    off. Call it once, early, before the big allocations (the CLI does, for every verb); forked data-loader
+    workers inherit it.
     """
     if os.environ.get("LAVILA_MALLOC_TUNE", "1").strip().lower() in ("0", "false", "no", "off"):
         return False

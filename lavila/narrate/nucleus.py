@@ -4,7 +4,8 @@ Why: HF's ``TopPLogitsWarper`` sorts every row of the ``[rows, 50257]`` logits a
 narrator's usual batch (8 clips x 10 return sequences) on CPU that sort costs ~130 ms per step, a third of a whole
 generation (4.9 of 14.6 s under ``torch.profiler``; ``docs/performance.md``), more than the GPT-2 matmuls. Only the
 nucleus' boundary matters, and for a trained narrator at temperature 0.7 it lies among the few most likely
-tokens: ``torch.topk`` of a small ``k`` finds it without a full sort (~5 ms for the same batch). A row whose
+tokens: ``torch.topk`` of a small ``k`` finds it without a full sort (~10 ms per step for the same batch,
+``benchmarks/bench_narrator.py``'s top-p table). A row whose
 nucleus is larger (a flat distribution: an untrained or random-weight model keeps ~40k of 50k tokens at top-p
 0.95) falls back to HF's own sort, at the price of the one ``topk``.
 

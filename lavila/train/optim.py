@@ -68,8 +68,8 @@ def multi_tensor_kwargs(groups: list[dict], optimizer_class: type[torch.optim.Op
 
     Why: PyTorch's default on CPU is the per-parameter for-loop (hundreds of small kernels per step for TSF-B), and
     on CUDA ``foreach``; the fused kernel does the whole update in a few kernels (on CPU since torch 2.4). Measured
-    on TSF-B (``benchmarks/bench_dual_encoder.py --suite precision``, 2 threads): a bf16 step of 2.84 s fused vs
-    3.31 s foreach, fp32 8.54 vs 9.68 s. Both keep the fp32 state and apply the same update rule; fused kernels also
+    on TSF-B (``benchmarks/bench_dual_encoder.py --suite precision``, 2 threads): a bf16 step of 2.17 s fused vs
+    2.50 s foreach, fp32 6.94 vs 7.43 s. Both keep the fp32 state and apply the same update rule; fused kernels also
     work under GradScaler (fp16) and inside ZeRO (the sharded local optimiser gets the same keywords). Sharded FSDP2
     parameters (DTensor) keep foreach: fused support for them depends on the torch version. Explicit
     ``fused``/``foreach`` keywords of a caller win.

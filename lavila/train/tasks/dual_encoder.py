@@ -274,7 +274,7 @@ class DualEncoderTask(Task):
         if "gt" in batch:
             out["gt_indicators"] = batch["gt"]
         # The loss in fp32 even under autocast: autocast would run the similarity matmul in bf16, whose spacing at
-        # logit_scale 100 is 0.5 (tests/train/test_precision.py checks the logits are fp32-exact).
+        # logit_scale 100 is 0.5 (tests/train/test_precision.py checks autocast is off inside the loss).
         with torch.autocast(out["image_embed"].device.type, enabled=False):
             return criterion(out)
 
