@@ -76,7 +76,7 @@ class DemoConfig:
     """The whole LaViLa recipe in miniature on synthetic egocentric videos, on CPU (no data, no downloads).
 
     Stages (resumable; see docs/demo.md): world -> baseline dual encoder -> GPT-2 LM -> narrator -> narrate ->
-    rephraser -> LaViLa dual encoder (+ ablations) -> evaluation; 7 min 0 s on 2 CPU cores (measured, docs/demo.md).
+    rephraser -> LaViLa dual encoder (+ ablations) -> evaluation; 5-7 min on 2 CPU cores (measured, docs/demo.md).
     ``--quick``: only pre-train one dual encoder on rendered clips (the short version).
     """
 
