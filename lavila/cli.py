@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from lavila.config import option, parse
-from lavila.errors import LavilaError
+from lavila.errors import JobInterrupted, LavilaError
 from lavila.malloc import tune_cpu_allocator
 
 
@@ -197,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lavila {verb}: interrupted", file=sys.stderr)
         return 130
+    except JobInterrupted as err:  # saved, then stopped: where, what was saved, how to resume
+        if debug:
+            raise
+        print(f"lavila {verb}: {err}", file=sys.stderr)
+        return err.exit_code
     except LavilaError as err:
         if debug:
             raise

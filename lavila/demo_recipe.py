@@ -5,11 +5,14 @@ Stages, each resumable (a finished stage writes ``stage_<name>.done`` with its s
 1. ``world``     - long synthetic egocentric videos (mp4, read through the real decoder) with *sparse* human
    narrations, held-out test videos with true descriptions (:func:`lavila.data.synthetic.write_world`);
 2. ``baseline``  - ``lavila train`` dual_encoder on the human narrations (ego4d-style dataset);
-3. ``lm``        - a tiny HF GPT-2 trained as a language model on the human text (word-level tokenizer.json);
+3. ``lm``        - a tiny HF GPT-2 trained as a language model on every sentence of the world's language, text
+   only (the analogue of GPT-2's web text; ``lm_corpus="human"`` is the ablation), word-level tokenizer.json;
 4. ``narrator``  - ``lavila train`` narrator task: that GPT-2 *frozen* under gated cross-attention, the baseline's
    visual tower frozen (``freeze_lm_vclm``, ``freeze_visual_vclm``, ``freeze_visual_vclm_temporal``);
 5. ``narrate``   - ``lavila narrate`` metadata mode over every moment of the training videos, narrated or not
    (10 sequences, top-p 0.95, T 0.7): the reference's quintuple pickle;
+   ``validate``  - the protocol's gate (docs/demo.md): baseline R@1 on the validation videos and the narrator's
+   exact-combination rate, before any LaViLa model trains;
 6. ``rephraser`` - a tiny HF T5 trained on the documented paraphrase pairs, run by ``lavila rephrase``
    (4-tuples with lists);
 7. ``lavila``    - ``lavila train`` dual_encoder on rephrased human text (``metadata``) + narrator text
@@ -35,6 +38,7 @@ import numpy as np
 import torch
 
 from lavila.data.synthetic import WorldSpec
+from lavila.errors import JobInterrupted, LavilaError
 
 DE_MODEL = "CLIP_OPENAI_TIMESFORMER_BASE"
 NARRATOR_MODEL = "VCLM_OPENAI_TIMESFORMER_BASE_GPT2"
@@ -48,22 +52,36 @@ MAX_LEN = 16  # tokens per narration (BOS included); the world's sentences have 
 
 @dataclass
 class RecipeSizes:
-    """How big each stage is. ``FULL`` is ``lavila demo``; the test uses :func:`tiny_sizes`."""
+    """How big each stage is. The defaults are ``lavila demo``; the tests use :func:`tiny_sizes`.
 
-    world: WorldSpec = field(default_factory=lambda: WorldSpec(videos=64, segments=10, test_videos=24,
-                                                              val_videos=3))
-    de_steps: int = 300  # optimiser steps of every dual encoder (baseline, LaViLa and ablations alike)
+    The world and model sizes were chosen on the *validation* videos with the baseline and the narrator alone
+    (docs/demo.md, "Protocol"); ``gate_*`` are that protocol's pass criteria, checked before the LaViLa stage runs.
+    """
+
+    world: WorldSpec = field(default_factory=lambda: WorldSpec(videos=96, segments=10, test_videos=24,
+                                                              val_videos=12, narrated=0.6))
+    de_steps: int = 800  # optimiser steps of every dual encoder (baseline, LaViLa and ablations alike, exactly)
+    de_epochs: int = 10  # the steps are split into this many epochs (steps_per_epoch = de_steps / de_epochs)
+    de_lr: float = 2e-3
     lm_steps: int = 300
+    lm_corpus: str = "world"  # "world": every sentence of the language (GPT-2's web text); "human": human text only
     narrator_steps: int = 300
     t5_steps: int = 400
-    batch_size: int = 16
+    batch_size: int = 32
     ablations: bool = True
+    gate_val_r1: float = 50.0  # baseline v2t R@1 (%) on the validation videos' seen combinations
+    gate_narrator_exact: float = 50.0  # narrator exact-combination rate (%), unnarrated moments of seen combinations
+    gate: str = "enforce"  # "enforce": a failed gate stops before LaViLa (the protocol); "report": say it, go on
 
 
 def tiny_sizes() -> RecipeSizes:
-    """A minute-sized recipe for the end-to-end test (numbers mean nothing at this size)."""
+    """A minute-sized recipe for the end-to-end test (numbers mean nothing at this size, so no gate)."""
     return RecipeSizes(world=WorldSpec(videos=6, segments=6, test_videos=3, val_videos=1, size=32, narrated=0.5),
-                       de_steps=4, lm_steps=20, narrator_steps=40, t5_steps=10, batch_size=4, ablations=False)
+                       de_steps=4, de_epochs=2, lm_steps=20, narrator_steps=40, t5_steps=10, batch_size=4,
+                       ablations=False, gate_val_r1=0.0, gate_narrator_exact=0.0)
+
+
+LM_CORPORA = ("world", "human")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -154,18 +172,17 @@ def _write_bert_vocab(folder: Path, words: list[str]) -> None:
 def de_values(out: Path, name: str, sizes: RecipeSizes, seed: int, progress: bool, metadata: str,
               metadata_aux: list[str] | None = None) -> dict[str, Any]:
     """The ``lavila train`` config of a dual encoder on the world's videos (what a YAML recipe would hold)."""
-    from lavila.data.metadata import load_metadata
-
     world = out / "world"
-    rows = len(load_metadata(metadata)) + sum(len(load_metadata(m)) for m in metadata_aux or [])
-    epochs = _epochs_for(sizes.de_steps, rows, sizes.batch_size)
+    epochs = max(min(sizes.de_epochs, sizes.de_steps), 1)
+    steps_per_epoch = max(sizes.de_steps // epochs, 1)  # the same for every set: paired models take equal steps
     values = {
         "task": "dual_encoder", "model": DE_MODEL, "model_overrides": {**VISION, **TEXT, **word_tokenizer_overrides()},
         "dataset": "ego4d", "root": str(world / "videos"), "metadata": metadata, "video_chunk_len": -1,
         "video_fps": -1, "tokenizer": str(world / "word_tokenizer"), "pretrained": False,
         "output_dir": str(out / name), "clip_length": CLIP_LENGTH, "project_embed_dim": 64, "norm_embed": True,
         "contrastive_use_vissl": True, "temperature_init": 0.07, "batch_size": sizes.batch_size, "epochs": epochs,
-        "lr": 2e-3, "lr_start": 1e-5, "lr_end": 1e-5, "warmup_epochs": min(0.1 * epochs, 1), "wd": 0.01,
+        "steps_per_epoch": steps_per_epoch, "lr": sizes.de_lr, "lr_start": 1e-5, "lr_end": 1e-5,
+        "warmup_epochs": min(0.1 * epochs, 1), "wd": 0.01,
         # fp32 everywhere: the quoted results must not depend on whether this CPU has bf16 units (auto would pick bf16
         # there), and at these sizes bf16 buys no time
         "precision": "fp32", "workers": 0, "seed": seed, "print_freq": max(sizes.de_steps // 20, 1),
@@ -195,21 +212,40 @@ def train_dual_encoder(values: dict[str, Any]) -> tuple[torch.nn.Module, Any, di
     first, last = _first_last(_losses(out / "metrics.jsonl"))
     return model, task.tokenizer, {"steps": result.global_step, "epochs": values["epochs"], "loss_first": first,
                                    "loss_last": last, "checkpoint": str(out / "checkpoint.pt"),
-                                   "model_dir": str(folder)}
+                                   "model_dir": str(folder), **_decode_failures(out / "metrics.jsonl")}
 
 
-def stage_lm(out: Path, sizes: RecipeSizes, seed: int, progress: bool) -> dict[str, Any]:
-    """A tiny GPT-2 as a plain language model on the human narrations (the narrator's frozen LM)."""
+def _decode_failures(metrics_jsonl: Path) -> dict[str, int]:
+    """The run's decode-failure totals over its epochs (the loop logs one record an epoch and prints only failures)."""
+    recs = [r for r in map(json.loads, metrics_jsonl.read_text().splitlines()) if r.get("kind") == "decode_failures"]
+    return {"decode_failures": sum(r["failures"] for r in recs), "decode_attempts": sum(r["attempts"] for r in recs)}
+
+
+def lm_texts(out: Path, corpus: str) -> list[str]:
+    """The language model's training text: ``world`` is every sentence of the language (480, all 120 combinations
+    in every template), the analogue of GPT-2's web text; ``human`` is the human narrations alone (the ablation)."""
+    from lavila.data.metadata import load_metadata
+    from lavila.data.synthetic import world_sentences
+
+    if corpus not in LM_CORPORA:
+        raise ValueError(f"unknown LM corpus {corpus!r}; choose from {LM_CORPORA}")
+    if corpus == "world":
+        return world_sentences()
+    return [r[3] for r in load_metadata(out / "world" / "ego4d_train.pkl")]
+
+
+def stage_lm(out: Path, sizes: RecipeSizes, seed: int, progress: bool, corpus: str = "world",
+             name: str = "gpt2") -> dict[str, Any]:
+    """A tiny GPT-2 as a plain language model on text only (the narrator's frozen LM), saved as ``models/<name>``."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lavila.data.metadata import load_metadata
     from lavila.data.synthetic import gpt2_word_tokenizer
     from lavila.models.tokenizers import HFGPT2Tokenizer
     from lavila.progress import progress as tqdm  # a bar on a terminal, plain lines in a log
 
     hf_tok = gpt2_word_tokenizer()
     V = len(hf_tok)
-    texts = [r[3] for r in load_metadata(out / "world" / "ego4d_train.pkl")]
+    texts = lm_texts(out, corpus)
     ids = HFGPT2Tokenizer(hf_tok, context_length=MAX_LEN)(texts)
     labels = ids.masked_fill(ids == 0, -100)
     torch.manual_seed(seed)
@@ -217,29 +253,30 @@ def stage_lm(out: Path, sizes: RecipeSizes, seed: int, progress: bool) -> dict[s
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     losses = []
-    for _ in tqdm(range(sizes.lm_steps), desc="lm", unit="step", enabled=progress):
+    for _ in tqdm(range(sizes.lm_steps), desc=name, unit="step", enabled=progress):
         pick = torch.randint(0, len(texts), (min(32, len(texts)),), generator=g)
         loss = model(input_ids=ids[pick], labels=labels[pick]).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    folder = out / "models" / "gpt2"
+    folder = out / "models" / name
     model.save_pretrained(folder)
     hf_tok.save_pretrained(folder)
-    (out / "lm_losses.json").write_text(json.dumps(losses))
+    (out / f"{name}_losses.json").write_text(json.dumps(losses))
     first, last = _first_last(losses)
-    return {"steps": sizes.lm_steps, "texts": len(texts), "vocab": V, "loss_first": first, "loss_last": last,
-            "model_dir": str(folder)}
+    return {"steps": sizes.lm_steps, "corpus": corpus, "texts": len(texts), "vocab": V, "loss_first": first,
+            "loss_last": last, "model_dir": str(folder)}
 
 
-def narrator_values(out: Path, sizes: RecipeSizes, seed: int, progress: bool) -> dict[str, Any]:
+def narrator_values(out: Path, sizes: RecipeSizes, seed: int, progress: bool, lm: str = "gpt2",
+                    name: str = "narrator") -> dict[str, Any]:
     """The ``lavila train`` narrator config: the tiny GPT-2 and the baseline's visual tower, both frozen."""
     from lavila.data.metadata import load_metadata
     from lavila.data.synthetic import gpt2_word_tokenizer
 
     V = len(gpt2_word_tokenizer())
-    gpt2 = str(out / "models" / "gpt2")
+    gpt2 = str(out / "models" / lm)
     hf = {"vocab_size": V, "bos_token_id": V - 1, "eos_token_id": V - 1, **GPT2}
     overrides = {**VISION, "text_width": GPT2["n_embd"], "text_layers": GPT2["n_layer"], "text_heads": GPT2["n_head"],
                  "text_vocab_size": V, "text_hf_config": hf, "num_img_queries": 8, "pooler_dim_head": 32,
@@ -249,7 +286,7 @@ def narrator_values(out: Path, sizes: RecipeSizes, seed: int, progress: bool) ->
     metadata = out / "world" / "ego4d_train.pkl"
     epochs = _epochs_for(sizes.narrator_steps, len(load_metadata(metadata)), sizes.batch_size)
     return {"task": "narrator", "model": NARRATOR_MODEL, "model_overrides": overrides,
-            "root": str(out / "world" / "videos"), "metadata": str(metadata), "output_dir": str(out / "narrator"),
+            "root": str(out / "world" / "videos"), "metadata": str(metadata), "output_dir": str(out / name),
             "gpt2_weights": gpt2, "tokenizer": gpt2, "resume": str(out / "baseline" / "checkpoint.pt"),
             "freeze_lm_vclm": True, "freeze_visual_vclm": True, "freeze_visual_vclm_temporal": True,
             "video_chunk_len": -1, "video_fps": -1, "clip_length": CLIP_LENGTH, "batch_size": sizes.batch_size,
@@ -258,52 +295,58 @@ def narrator_values(out: Path, sizes: RecipeSizes, seed: int, progress: bool) ->
             "device": "cpu", "seed": seed, "progress": progress, "plot": True}
 
 
-def stage_narrator(out: Path, sizes: RecipeSizes, seed: int, progress: bool) -> dict[str, Any]:
+def stage_narrator(out: Path, sizes: RecipeSizes, seed: int, progress: bool, lm: str = "gpt2",
+                   name: str = "narrator") -> dict[str, Any]:
     from lavila.narrate.loading import load_narrator
     from lavila.train.loop import train
     from lavila.train.recipe import build_config
 
-    values = narrator_values(out, sizes, seed, progress)
+    values = narrator_values(out, sizes, seed, progress, lm, name)
     result = train(build_config(values))
-    ckpt = out / "narrator" / "checkpoint.pt"
+    ckpt = out / name / "checkpoint.pt"
     model, tok, _ = load_narrator(ckpt)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    folder = out / "models" / "narrator"
+    folder = out / "models" / name
     model.save_pretrained(folder, tok)
-    first, last = _first_last(_losses(out / "narrator" / "metrics.jsonl"))
+    first, last = _first_last(_losses(out / name / "metrics.jsonl"))
     return {"steps": result.global_step, "loss_first": first, "loss_last": last, "checkpoint": str(ckpt),
             "model_dir": str(folder), "trainable_params_after_load": trainable}
 
 
-def stage_narrate(out: Path, progress: bool) -> dict[str, Any]:
-    """``lavila narrate`` metadata mode over every moment of the training videos (the reference's settings)."""
+EXACT_GROUPS = ("human-narrated", "unnarrated, seen combination", "unnarrated, unseen combination")
+
+
+def stage_narrate(out: Path, progress: bool, narrator: str = "narrator", name: str = "narrate") -> dict[str, Any]:
+    """``lavila narrate`` metadata mode over every moment of the training videos (the reference's settings), and
+    how often its sentences name each moment's exact combination, per group of :data:`EXACT_GROUPS`."""
     from lavila.cli import main
     from lavila.data.metadata import load_metadata
-    from lavila.data.synthetic import describe
+    from lavila.data.synthetic import describe, is_heldout
 
+    del progress  # lavila narrate shows its own bar on a terminal
     world = out / "world"
     code = main(["narrate", "--metadata", str(world / "windows_train.pkl"),
-                 "--checkpoint", str(out / "narrator" / "checkpoint.pt"), "--output-dir", str(out / "narrate"),
+                 "--checkpoint", str(out / narrator / "checkpoint.pt"), "--output-dir", str(out / name),
                  "--output-name", "ego4d_train.narrator.return_10", "--video-root", str(world / "videos"),
                  "--chunk-len", "-1", "--fps", "-1", "--num-return-sequences", "10", "--top-p", "0.95",
                  "--temperature", "0.7", "--max-len", str(MAX_LEN), "--num-workers", "0", "--batch-size", "64",
                  "--device", "cpu", "--precision", "fp32"])
+    if code in (130, 143):  # its parts are saved: the rerun resumes them
+        raise JobInterrupted(f"interrupted during narration (stage {name}); its finished parts are saved in "
+                             f"{out / name}; rerun the same command to resume", code - 128)
     if code != 0:
         raise RuntimeError(f"lavila narrate exited {code}")
-    path = out / "narrate" / "ego4d_train.narrator.return_10.pkl"
+    path = out / name / "ego4d_train.narrator.return_10.pkl"
     rows = load_metadata(path)
     truth = json.loads((world / "world.json").read_text())["windows_truth"]
     windows = load_metadata(world / "windows_train.pkl")
     key = {(r[0], float(r[1])): t for r, t in zip(windows, truth)}
-    acc = {"human-narrated": [], "unnarrated, seen combination": [], "unnarrated, unseen combination": []}
-    from lavila.data.synthetic import is_heldout
-
+    acc: dict[str, list[float]] = {g: [] for g in EXACT_GROUPS}
     human = {(r[0], float(r[1])) for r in windows if r[3]}
     for r in rows:
         k = (r[0], float(r[1]))
         true = describe(key[k])
-        group = ("human-narrated" if k in human else
-                 "unnarrated, unseen combination" if is_heldout(true) else "unnarrated, seen combination")
+        group = EXACT_GROUPS[0 if k in human else 2 if is_heldout(true) else 1]
         acc[group].append(float(np.mean([describe(t.strip()) == true for t in r[3]])))
     return {"pickle": str(path), "rows": len(rows), "sequences_per_row": len(rows[0][3]) if rows else 0,
             "exact_combination_rate": {g: (float(np.mean(v)) if v else None) for g, v in acc.items()},
@@ -386,7 +429,9 @@ def retrieval_scores(sim: np.ndarray, clip_caption: np.ndarray) -> dict[str, flo
     of each caption over the clips (several clips share a caption).
     """
     true = sim[clip_caption, np.arange(sim.shape[1])]
-    ranks = (sim > true[None]).sum(0) + 1
+    # ties count half (the expected rank of a random order among them): a model that embeds every description the
+    # same must not rank each clip's first
+    ranks = (sim > true[None]).sum(0) + 1 + ((sim == true[None]).sum(0) - 1) / 2
     aps = [average_precision(sim[c], clip_caption == c) for c in range(sim.shape[0])]
     return {"v2t_R@1": 100 * float((ranks <= 1).mean()), "v2t_R@5": 100 * float((ranks <= 5).mean()),
             "v2t_MedR": float(np.median(ranks)), "t2v_mAP": 100 * float(np.nanmean(aps))}
@@ -401,16 +446,22 @@ def chance_scores(clip_caption: np.ndarray, n_captions: int, draws: int = 50) ->
 
 
 @torch.no_grad()
-def heldout_retrieval(model: torch.nn.Module, tokenizer: Any, out: Path) -> dict[str, dict[str, float]]:
-    """Retrieval on the held-out test videos, per split (unseen / seen combinations), with its chance row."""
+def heldout_retrieval(model: torch.nn.Module, tokenizer: Any, out: Path,
+                      split: str = "test") -> dict[str, dict[str, float]]:
+    """Retrieval on the held-out ``test`` videos (or the ``val`` videos, every moment a seen combination), per
+    split (unseen / seen combinations), with its chance row."""
     from lavila.data.datasets import Ego4DClipDataset
     from lavila.data.metadata import load_metadata
     from lavila.models import model_transforms
     from lavila.train.tasks.dual_encoder import as_item_dict
 
     world = out / "world"
-    rows = load_metadata(world / "heldout_test.pkl")
-    unseen = np.array(json.loads((world / "world.json").read_text())["test_unseen"], bool)
+    if split == "test":
+        rows = load_metadata(world / "heldout_test.pkl")
+        unseen = np.array(json.loads((world / "world.json").read_text())["test_unseen"], bool)
+    else:
+        rows = load_metadata(world / "ego4d_val.pkl")
+        unseen = np.zeros(len(rows), bool)
     _, transform = model_transforms(model)
     data = Ego4DClipDataset(str(world / "videos"), rows, transform=transform, tokenizer=tokenizer,
                             clip_length=CLIP_LENGTH, is_training=False, chunk_len=-1, fps=-1)
@@ -421,17 +472,53 @@ def heldout_retrieval(model: torch.nn.Module, tokenizer: Any, out: Path) -> dict
         videos.append(torch.nn.functional.normalize(model.encode_image(clips).float(), dim=-1))
     video = torch.cat(videos).numpy()
     results = {}
-    for split, mask in (("unseen combinations", unseen), ("seen combinations", ~unseen)):
+    for name, mask in (("unseen combinations", unseen), ("seen combinations", ~unseen)):
         if not mask.any():
             continue
         caps = sorted({rows[i][3] for i in np.flatnonzero(mask)})
         text = torch.nn.functional.normalize(model.encode_text(torch.stack(
             [torch.as_tensor(tokenizer(c)).reshape(-1) for c in caps])).float(), dim=-1).numpy()
         clip_caption = np.array([caps.index(rows[i][3]) for i in np.flatnonzero(mask)])
-        results[split] = retrieval_scores(text @ video[mask].T, clip_caption)
-        results[split]["clips"], results[split]["captions"] = int(mask.sum()), len(caps)
-        results[f"chance ({split})"] = chance_scores(clip_caption, len(caps))
+        results[name] = retrieval_scores(text @ video[mask].T, clip_caption)
+        results[name]["clips"], results[name]["captions"] = int(mask.sum()), len(caps)
+        results[f"chance ({name})"] = chance_scores(clip_caption, len(caps))
     return results
+
+
+class ValidationGateError(LavilaError):
+    """The protocol's pass criteria failed on the validation videos: the LaViLa stage must not run."""
+
+
+def stage_validate(out: Path, sizes: RecipeSizes, narrate: dict[str, Any]) -> dict[str, Any]:
+    """The protocol's gate (docs/demo.md): the baseline's v2t R@1 on the validation videos (seen combinations) and
+    the narrator's exact-combination rate on unnarrated moments of seen combinations, against ``sizes.gate_*``.
+
+    Only the baseline and the narrator are looked at, never the test videos nor a LaViLa model, so the world and
+    model sizes chosen by this gate cannot be tuned to LaViLa's result.
+    """
+    from lavila.models import create_model, tokenizer_for
+
+    model = create_model(out / "models" / "baseline", kind="dual_encoder")
+    val = heldout_retrieval(model, tokenizer_for(model), out, split="val")["seen combinations"]
+    exact = narrate["exact_combination_rate"][EXACT_GROUPS[1]]
+    checks = {"baseline val seen v2t R@1": (val["v2t_R@1"], sizes.gate_val_r1),
+              "narrator exact combination, unnarrated seen": (100 * (exact or 0.0), sizes.gate_narrator_exact)}
+    failed = [f"{k} {v:.1f} % < {t:.0f} %" for k, (v, t) in checks.items() if v < t]
+    summary = {"val_retrieval": val, "checks": {k: {"value": v, "threshold": t} for k, (v, t) in checks.items()},
+               "passed": not failed, "failed": failed}
+    if failed and sizes.gate == "enforce":
+        raise ValidationGateError(
+            "validation gate failed (" + "; ".join(failed) + "): the LaViLa stage does not run; enlarge the world or "
+            "the models (docs/demo.md, Protocol) and rerun")
+    return summary
+
+
+def validate_line(s: dict[str, Any]) -> str:
+    checks = ", ".join(f"{k} {c['value']:.1f} % (needs {c['threshold']:.0f} %)" for k, c in s["checks"].items())
+    if s["passed"]:
+        return f"passed: {checks}"
+    return (f"FAILED: {checks}; --gate report runs the LaViLa stage anyway: its numbers are a walkthrough, not "
+            "evidence (docs/demo.md, Protocol)")
 
 
 def eval_narrator(out: Path) -> dict[str, Any]:
@@ -535,52 +622,99 @@ def plot_results(out: Path, results: dict[str, dict[str, dict[str, float]]], bat
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def preflight(log: Callable[[str], None] = print) -> dict[str, bool]:
+    """What every stage needs, checked in the first second: a missing optional part is left out with a one-line
+    note saying how to add it, never a traceback after minutes of training."""
+    import importlib.util
+    import shutil
+
+    have = {"pycocoevalcap": importlib.util.find_spec("pycocoevalcap") is not None,
+            "java": shutil.which("java") is not None, "matplotlib": importlib.util.find_spec("matplotlib") is not None}
+    if not have["pycocoevalcap"]:
+        log("note: narrator caption metrics (BLEU/METEOR/ROUGE-L/CIDEr) left out: pycocoevalcap is not installed "
+            "(pip install 'lavila[nlg]')")
+    elif not have["java"]:
+        log("note: METEOR left out: it runs a Java jar and `java` is not on the PATH (apt-get install "
+            "default-jre-headless)")
+    if not have["matplotlib"]:
+        log("note: plots left out: matplotlib is not installed (pip install matplotlib)")
+    return have
+
+
 def run_recipe(out: str | Path, sizes: RecipeSizes | None = None, *, seed: int = 0, progress: bool = True,
                log: Callable[[str], None] = print) -> dict[str, Any]:
-    """All stages under ``out`` (resumable); returns ``recipe_results.json``'s document."""
+    """All stages under ``out`` (resumable); returns ``recipe_results.json``'s document.
+
+    Raises :class:`ValidationGateError` (before any LaViLa model trains) when the protocol's criteria fail.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = sizes or RecipeSizes()
+    if sizes.lm_corpus not in LM_CORPORA:
+        raise LavilaError(f"unknown LM corpus {sizes.lm_corpus!r}; choose from {LM_CORPORA}", exit_code=2)
+    have = preflight(log)
     st = Stages(out, log)
     world = out / "world"
     t0 = time.perf_counter()
 
-    w = st.run("world", lambda: stage_world(out, sizes, seed, progress),
-               lambda s: f"{s['moments']} moments in {s['spec']['videos']} videos, {s['human_narrations']} narrated "
-                         f"by humans ({100 * s['coverage']:.0f} %); {s['test_moments']} test moments, "
-                         f"{s['test_unseen']} of unseen combinations")
-    del w
+    st.run("world", lambda: stage_world(out, sizes, seed, progress),
+           lambda s: f"{s['moments']} moments in {s['spec']['videos']} videos, {s['human_narrations']} narrated "
+                     f"by humans ({100 * s['coverage']:.0f} %); {s['test_moments']} test moments, "
+                     f"{s['test_unseen']} of unseen combinations")
 
     def de_line(s: dict[str, Any]) -> str:
-        return f"{s['steps']} steps, loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}; model {s['model_dir']}"
+        failures = (f"{s['decode_failures']} of {s['decode_attempts']} samples failed to decode"
+                    if s.get("decode_failures") else "no decode failure")
+        return (f"{s['steps']} steps, loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}, {failures}; "
+                f"model {s['model_dir']}")
+
+    def lm_line(s: dict[str, Any]) -> str:
+        return (f"tiny GPT-2 on {s['texts']} sentences ({s['corpus']} corpus, text only): loss "
+                f"{s['loss_first']:.3f} -> {s['loss_last']:.3f}")
+
+    def narrator_line(s: dict[str, Any]) -> str:
+        return (f"frozen GPT-2 + frozen baseline visual tower, {s['steps']} steps: caption loss "
+                f"{s['loss_first']:.3f} -> {s['loss_last']:.3f}")
+
+    def narrate_line(s: dict[str, Any]) -> str:
+        return (f"{s['rows']} moments x {s['sequences_per_row']} narrations -> {Path(s['pickle']).name}; "
+                "exact-combination rate " + ", ".join(f"{g}: {'-' if v is None else f'{100 * v:.0f} %'}"
+                                                      for g, v in s["exact_combination_rate"].items()))
 
     human = str(world / "ego4d_train.pkl")
     rephrased = str(world / "ego4d_train.rephraser.no_punkt_top3.pkl")
-    narrations = str(out / "narrate" / "ego4d_train.narrator.return_10.pkl")
+
+    def narrations(name: str) -> str:
+        return str(out / name / "ego4d_train.narrator.return_10.pkl")
 
     def de_stage(name: str, metadata: str, aux: list[str] | None) -> Callable[[], dict[str, Any]]:
         return lambda: train_dual_encoder(de_values(out, name, sizes, seed, progress, metadata, aux))[2]
 
+    other = "human" if sizes.lm_corpus == "world" else "world"
     st.run("baseline", de_stage("baseline", human, None), de_line)
-    st.run("lm", lambda: stage_lm(out, sizes, seed, progress),
-           lambda s: f"tiny GPT-2 on {s['texts']} human narrations: loss {s['loss_first']:.3f} -> "
-                     f"{s['loss_last']:.3f}")
-    st.run("narrator", lambda: stage_narrator(out, sizes, seed, progress),
-           lambda s: f"frozen GPT-2 + frozen baseline visual tower, {s['steps']} steps: caption loss "
-                     f"{s['loss_first']:.3f} -> {s['loss_last']:.3f}")
-    st.run("narrate", lambda: stage_narrate(out, progress),
-           lambda s: f"{s['rows']} moments x {s['sequences_per_row']} narrations -> {Path(s['pickle']).name}; "
-                     "exact-combination rate " + ", ".join(f"{g}: {'-' if v is None else f'{100 * v:.0f} %'}"
-                                                           for g, v in s["exact_combination_rate"].items()))
+    st.run("lm", lambda: stage_lm(out, sizes, seed, progress, sizes.lm_corpus, "gpt2"), lm_line)
+    st.run("narrator", lambda: stage_narrator(out, sizes, seed, progress), narrator_line)
+    nar = st.run("narrate", lambda: stage_narrate(out, progress), narrate_line)
+    st.run("validate", lambda: stage_validate(out, sizes, nar), validate_line)
     st.run("rephraser", lambda: stage_rephraser(out, sizes, seed, progress),
            lambda s: f"tiny T5 on {s['pairs']} pairs (loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}); "
                      f"{s['rows']} narrations rephrased, meaning kept {100 * (s['meaning_kept_rate'] or 0):.0f} %")
-    st.run("lavila", de_stage("lavila", rephrased, [narrations]), de_line)
+    st.run("lavila", de_stage("lavila", rephrased, [narrations("narrate")]), de_line)
     variants = {"baseline (human)": "baseline", "LaViLa (rephrased + narrator)": "lavila"}
     if sizes.ablations:
-        st.run("narrator_only", de_stage("narrator_only", human, [narrations]), de_line)
+        # the LM-prior ablation: the same chain with a language model that read only the other corpus
+        st.run(f"lm_{other}", lambda: stage_lm(out, sizes, seed, progress, other, f"gpt2_{other}"), lm_line)
+        st.run(f"narrator_lm_{other}", lambda: stage_narrator(out, sizes, seed, progress, f"gpt2_{other}",
+                                                              f"narrator_lm_{other}"), narrator_line)
+        st.run(f"narrate_lm_{other}", lambda: stage_narrate(out, progress, f"narrator_lm_{other}",
+                                                            f"narrate_lm_{other}"), narrate_line)
+        st.run(f"lavila_lm_{other}", de_stage(f"lavila_lm_{other}", rephrased, [narrations(f"narrate_lm_{other}")]),
+               de_line)
+        st.run("narrator_only", de_stage("narrator_only", human, [narrations("narrate")]), de_line)
         st.run("rephraser_only", de_stage("rephraser_only", rephrased, None), de_line)
-        variants.update({"narrator only (human + narrator)": "narrator_only",
+        variants.update({f"LaViLa, LM read {other} text only" if other == "human" else
+                         "LaViLa, LM read the world's text": f"lavila_lm_{other}",
+                         "narrator only (human + narrator)": "narrator_only",
                          "rephraser only (rephrased)": "rephraser_only"})
 
     def evaluate() -> dict[str, Any]:
@@ -590,13 +724,14 @@ def run_recipe(out: str | Path, sizes: RecipeSizes | None = None, *, seed: int =
         for label, name in variants.items():
             model = create_model(out / "models" / name, kind="dual_encoder")
             retrieval[label] = heldout_retrieval(model, tokenizer_for(model), out)
-        nar = eval_narrator(out)
-        plots = plot_results(out, retrieval, sizes.batch_size)
+        nar = eval_narrator(out) if have["pycocoevalcap"] else {"metrics": {}, "samples": [], "skipped":
+                                                               "pycocoevalcap not installed"}
+        plots = plot_results(out, retrieval, sizes.batch_size) if have["matplotlib"] else []
         return {"retrieval": retrieval, "narrator": nar, "plots": [str(p) for p in plots]}
 
-    ev = st.run("evaluate", evaluate, lambda s: "narrator " + ", ".join(
+    ev = st.run("evaluate", evaluate, lambda s: "narrator " + (", ".join(
         f"{k} {s['narrator']['metrics'][k]:.3f}" for k in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
-        if k in s["narrator"]["metrics"]))
+        if k in s["narrator"]["metrics"]) or "caption metrics left out (pip install 'lavila[nlg]')"))
     doc = {"seed": seed, "sizes": asdict(sizes), "stages": st.summaries, "table": format_table(ev["retrieval"]),
            "total_seconds_this_run": round(time.perf_counter() - t0, 1)}
     from lavila.atomic import atomic_write_text
@@ -607,6 +742,7 @@ def run_recipe(out: str | Path, sizes: RecipeSizes | None = None, *, seed: int =
 
 def print_report(doc: dict[str, Any], out: Path, log: Callable[[str], None] = print) -> None:
     ev = doc["stages"]["evaluate"]
+    log(f"\nValidation gate (docs/demo.md, Protocol): {validate_line(doc['stages']['validate'])}")
     log("\nHeld-out retrieval (%; v2t = clip -> its description among the split's distinct descriptions, "
         "t2v mAP = description -> clips; chance = random similarities)\n")
     log(doc["table"])

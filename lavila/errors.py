@@ -30,4 +30,20 @@ class ConfigError(LavilaError):
     exit_code = 2
 
 
-__all__ = ["ConfigError", "LavilaError"]
+class JobInterrupted(RuntimeError):
+    """A stop signal ended a job after it saved its state; rerunning the same command resumes it.
+
+    ``lavila.cli.main`` prints the message as one line and exits ``128 + signum`` (130 for SIGINT, 143 for SIGTERM),
+    for every verb, also one that runs another verb's job in-process (``lavila demo`` training its models).
+    """
+
+    def __init__(self, message: str, signum: int = 0) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum else 1
+
+
+__all__ = ["ConfigError", "JobInterrupted", "LavilaError"]

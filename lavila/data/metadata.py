@@ -82,6 +82,16 @@ class RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+def val_metadata_path(path: str) -> str:
+    """The validation file of a training metadata path: ``train`` -> ``val`` in the *file name*, as the reference's
+    ``metadata.replace('train', 'val')`` means it, without touching a folder that happens to contain ``train``
+    (``~/training/ego4d_train.pkl``); a name without ``train`` falls back to the reference's whole-path replace."""
+    folder, name = os.path.split(path)
+    if "train" in name:
+        return os.path.join(folder, name.replace("train", "val"))
+    return path.replace("train", "val")
+
+
 def _load_pickle(path: Path) -> list:
     with open(path, "rb") as f:
         try:
@@ -312,6 +322,7 @@ def run_convert(job: ConvertJob) -> int:
 
 
 __all__ = [
+    "val_metadata_path",
     "ConvertJob",
     "MetadataError",
     "Row",

@@ -401,16 +401,16 @@ def check_epoch_end(dataset: Any, *, epoch: int, step: int, log_record: Callable
     """End-of-epoch decode-failure check of a training set (collective under DDP: every rank calls it).
 
     Summed over the dataset's counters and over ranks (so every rank takes the same decision), for the samples
-    loaded since the previous epoch end (after a mid-epoch resume: since the resume). Prints the summary line and
-    passes a ``{"kind": "decode_failures", ...}`` record to `log_record` (the loop's ``metrics.jsonl`` writer), then
-    raises :class:`DecodeFailureRateError` if the epoch's rate is over the threshold. ``None`` when the dataset has
-    no :class:`ResilientDataset` inside.
+    loaded since the previous epoch end (after a mid-epoch resume: since the resume). Prints the summary line when a
+    sample failed (a clean epoch stays quiet) and passes a ``{"kind": "decode_failures", ...}`` record to
+    `log_record` (the loop's ``metrics.jsonl`` writer), then raises :class:`DecodeFailureRateError` if the epoch's
+    rate is over the threshold. ``None`` when the dataset has no :class:`ResilientDataset` inside.
     """
     counters = find_failure_counters(dataset)
     if not counters:
         return None
     report = _gather_over_ranks(DecodeReport.merge(c.epoch_report() for c in counters))
-    if main:
+    if main and report.failures:  # a clean epoch says nothing: the record below and the run's summary count it
         print(f"[decode failures @ epoch {epoch}] {report.summary()}", flush=True)
     if log_record is not None:
         log_record({"kind": "decode_failures", "step": step, "epoch": epoch, **report.record()})

@@ -301,6 +301,16 @@ def paraphrase_pairs(combos: list[Combo] | None = None) -> list[tuple[str, str]]
     return [(k.caption(), t.format(c=k.colour, o=k.obj)) for k in combos for t in PARAPHRASES[k.action]]
 
 
+def world_sentences() -> list[str]:
+    """Every sentence the world's language allows: each of the 120 combinations in each template (480).
+
+    The demo's analogue of GPT-2's web text: the narrator's language model reads it (text only, no video) and so
+    knows sentences, unseen combinations among them, that no human narration contains.
+    """
+    return [t.format(c=k.colour, o=k.obj) for k in all_combos()
+            for t in [HUMAN_TEMPLATES[k.action], *PARAPHRASES[k.action]]]
+
+
 def world_words() -> list[str]:
     """Every word of the world, case kept (the GPT-2/T5 vocabularies; ``#C`` is one word)."""
     texts = list(HUMAN_TEMPLATES.values()) + [t for v in PARAPHRASES.values() for t in v]
@@ -418,11 +428,6 @@ def write_world(root: str | Path, spec: WorldSpec = WorldSpec(), progress: Any =
     return doc
 
 
-def _combo_of(caption: str) -> Combo | None:
-    """The combination a human-template caption describes (None for any other text)."""
-    return _CAPTION_TO_COMBO.get(caption)
-
-
 _CAPTION_TO_COMBO = {k.caption(): k for k in all_combos()}
 
 
@@ -438,5 +443,6 @@ _PARAPHRASE_TO_COMBO = {t.format(c=k.colour, o=k.obj): k for k in all_combos() f
 
 __all__ = ["COLOURS", "OBJECTS", "ACTIONS", "Combo", "SyntheticEgoClips", "synthetic_tokenizer", "all_combos",
            "chance_recall", "chance_median_rank", "heldout_groups", "is_heldout", "render_clip", "split_combos",
-           "WorldSpec", "describe", "gpt2_word_tokenizer", "paraphrase_pairs", "t5_word_tokenizer", "world_words",
+           "WorldSpec", "describe", "gpt2_word_tokenizer", "paraphrase_pairs", "t5_word_tokenizer", "world_sentences",
+           "world_words",
            "write_world"]

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +207,9 @@ def run_eval_narrator(args: NarratorEvalJob) -> int:
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))  # a file, a released name or a URL (cached)
     try:
         _require_pycocoevalcap()
+        if shutil.which("java") is None:  # said in the first second, not after every clip was captioned
+            print("lavila eval-narrator: note: METEOR left out: it runs a Java jar and `java` is not on the PATH "
+                  "(apt-get install default-jre-headless)", file=sys.stderr)
         bert = load_bert_tokenizer(args.bert_tokenizer)
         rows = load_metadata(args.metadata)[:: args.subsample]
     except (ImportError, OSError, ValueError) as err:

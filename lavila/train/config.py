@@ -51,6 +51,9 @@ class TrainConfig:
     fix_lr: bool = option(False, "constant --lr from step 0 (no warm-up, no cosine)")
     lr_start: float = option(1e-6, "warm-up start learning rate", min=0)
     lr_end: float = option(1e-5, "cosine end learning rate", min=0)
+    steps_per_epoch: int = option(
+        0, "optimiser steps per epoch (0 = one pass over the training set); N repeats the epoch's permutation as "
+        "needed, so models trained on sets of different sizes can take exactly the same number of steps", min=0)
     update_freq: int = option(1, "gradient accumulation: optimiser step every N micro-batches", positive=True)
     wd: float = option(0.01, "AdamW weight decay (decayed group only)", min=0)
     betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas")

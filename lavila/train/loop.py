@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lavila import dist
+from lavila.errors import JobInterrupted
 from lavila.failpoints import failpoint
 from lavila.locks import output_lock
 from lavila.models.checkpoint import read_checkpoint
@@ -60,12 +61,8 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; ``checkpoint.pt`` holds the last good state saved before it."""
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(JobInterrupted):
     """A stop signal arrived; state was saved at the step boundary (``signum`` is the signal, 0 for a step limit)."""
-
-    def __init__(self, message: str, signum: int = 0) -> None:
-        super().__init__(message)
-        self.signum = signum
 
 
 @dataclass
@@ -211,6 +208,8 @@ class Trainer:
                                  persistent_workers=cfg.workers > 0, worker_init_fn=ignore_sigint,
                                  # own generator: creating an iterator must not consume the global RNG (exact resume)
                                  generator=torch.Generator().manual_seed(cfg.seed))
+        if cfg.steps_per_epoch:
+            self.sampler.set_num_samples(cfg.steps_per_epoch * cfg.update_freq * cfg.batch_size)
         self.iters_per_epoch = self.sampler.num_samples // cfg.batch_size // cfg.update_freq
         if self.iters_per_epoch == 0:
             raise ValueError(f"the training set ({len(train_set)} items) is smaller than one step (batch_size "

@@ -102,6 +102,13 @@ class ResumableDistributedSampler(DistributedSampler):
                          drop_last=drop_last)
         self.start_index = 0
 
+    def set_num_samples(self, num_samples: int) -> None:
+        """Give every rank `num_samples` per epoch; past the data set's length the epoch's permutation repeats
+        (``DistributedSampler`` pads that way), so a fixed step count does not depend on the set's size."""
+        self.num_samples = num_samples
+        self.total_size = num_samples * self.num_replicas
+        self.fixed_length = True
+
     def set_epoch(self, epoch: int, start_index: int = 0) -> None:
         """Select `epoch`'s permutation and skip this rank's first `start_index` samples of it."""
         super().set_epoch(epoch)
@@ -110,7 +117,13 @@ class ResumableDistributedSampler(DistributedSampler):
         self.start_index = start_index
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        indices = list(super().__iter__())[self.start_index:]
+        if getattr(self, "fixed_length", False):
+            order = (torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+                     if self.shuffle else torch.arange(len(self.dataset))).tolist()
+            order = (order * -(-self.total_size // len(order)))[: self.total_size]
+            indices = order[self.rank: self.total_size: self.num_replicas][self.start_index:]
+        else:
+            indices = list(super().__iter__())[self.start_index:]
         return iter([(self.epoch, i) for i in indices])
 
     def __len__(self) -> int:

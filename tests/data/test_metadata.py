@@ -103,3 +103,11 @@ def test_cli_refuses_to_overwrite_and_reports_bad_input(tmp_path, capsys):
 
 def test_validate_rows_accepts_all_reference_shapes():
     validate_rows(HUMAN + REPHRASED + NARRATOR)
+
+
+def test_val_metadata_path_replaces_train_in_the_file_name_only() -> None:
+    from lavila.data.metadata import val_metadata_path
+
+    assert val_metadata_path("/data/training/ego4d_train.pkl") == "/data/training/ego4d_val.pkl"
+    assert val_metadata_path("ego4d_train.rephraser.no_punkt_top3.pkl") == "ego4d_val.rephraser.no_punkt_top3.pkl"
+    assert val_metadata_path("/train_set/meta.pkl") == "/val_set/meta.pkl"  # the reference's whole-path rule

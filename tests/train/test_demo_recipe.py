@@ -10,12 +10,12 @@ import pytest
 pytest.importorskip("pycocoevalcap")
 
 
-def test_tiny_recipe_runs_every_stage_and_resumes(tmp_path) -> None:
+def test_tiny_recipe_runs_every_stage_and_resumes(tmp_path, monkeypatch) -> None:
     from lavila.demo_recipe import run_recipe, tiny_sizes
 
     out = tmp_path / "demo"
     doc = run_recipe(out, tiny_sizes(), progress=False, log=lambda _: None)
-    stages = ["world", "baseline", "lm", "narrator", "narrate", "rephraser", "lavila", "evaluate"]
+    stages = ["world", "baseline", "lm", "narrator", "narrate", "validate", "rephraser", "lavila", "evaluate"]
     for name in stages:
         assert (out / f"stage_{name}.done").is_file(), name
     world = out / "world"
@@ -56,6 +56,20 @@ def test_tiny_recipe_runs_every_stage_and_resumes(tmp_path) -> None:
     run_recipe(out, tiny_sizes(), progress=False, log=logged.append)
     assert all("done earlier" in line for line in logged if line.startswith("["))
     assert sum(line.startswith("[") for line in logged) == len(stages)
+    assert not any("decode failures @" in line for line in logged)
+
+    # without pycocoevalcap the evaluation still ends, with one note said before any stage runs
+    import importlib.util
+
+    (out / "stage_evaluate.done").unlink()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pycocoevalcap" else real(name, *a))
+    logged.clear()
+    doc = run_recipe(out, tiny_sizes(), progress=False, log=logged.append)
+    assert logged[0].startswith("note: narrator caption metrics") and "pip install 'lavila[nlg]'" in logged[0]
+    assert doc["stages"]["evaluate"]["narrator"]["metrics"] == {}
+    assert "caption metrics left out" in logged[-1]
 
 
 def test_retrieval_scores_are_perfect_for_the_identity_and_near_chance_for_noise() -> None:

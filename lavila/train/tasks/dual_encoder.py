@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, default_collate
 
 from lavila.config import ConfigError, Where, option
+from lavila.data.metadata import val_metadata_path
 from lavila.train.config import TrainConfig
 from lavila.train.optim import clamp_logit_scale
 from lavila.train.tasks import Task
@@ -252,7 +253,7 @@ class DualEncoderTask(Task):
         if self.cfg.dataset == "synthetic":
             val: Dataset = self._synthetic("val", 96, "human")
         else:
-            path = self.cfg.metadata.replace("train", "val")
+            path = val_metadata_path(self.cfg.metadata)
             if not Path(path).is_file():
                 raise FileNotFoundError(f"validation metadata {path} (metadata with train -> val) not found; "
                                         "the validation loss runs every eval_freq epochs")

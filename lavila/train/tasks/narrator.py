@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from lavila.config import ConfigError, Where, option
+from lavila.data.metadata import val_metadata_path
 from lavila.train.config import TrainConfig
 from lavila.train.tasks import Task
 
@@ -146,7 +147,7 @@ class NarratorTask(Task):
         return self._dataset(self.cfg.metadata, is_training=True)
 
     def build_val_dataset(self) -> Dataset | None:
-        val = self.cfg.metadata.replace("train", "val")
+        val = val_metadata_path(self.cfg.metadata)
         if val == self.cfg.metadata or not Path(val).is_file():
             print(f"no validation metadata at {val}: skipping the validation loss")
             return None
