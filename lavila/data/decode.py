@@ -166,6 +166,19 @@ def _decode_packets(container, stream, stats: _DecodeStats, plan: _SkipPlan | No
         yield from frames
 
 
+@lru_cache(maxsize=1)
+def single_thread_scaling() -> dict[str, int]:
+    """``{"threads": 1}`` for PyAV's frame conversions where PyAV takes the option (older releases scale on one
+    thread anyway and reject it): see :meth:`PyAVReader._to_array` for why a thread pool must not be used."""
+    import av
+
+    try:
+        av.VideoFrame(16, 16, "yuv420p").to_ndarray(format="rgb24", threads=1)
+    except TypeError:
+        return {}
+    return {"threads": 1}
+
+
 class PyAVReader:
     """Random access to the frames of one video stream with PyAV.
 
@@ -379,10 +392,14 @@ class PyAVReader:
             self._out_hw = _resized_hw(h, w, self._short_side)
         oh, ow = self._out_hw
         ch, cw = (ow, oh) if self._rot_k % 2 else (oh, ow)  # size in the coded (unrotated) orientation
+        # threads=1: PyAV >= 15 on FFmpeg 8 scales with a thread pool by default (threads=0, auto), held by a
+        # reformatter that outlives the frame; a DataLoader worker forked after the parent scaled a frame inherits
+        # that pool without its threads and hangs in its first conversion. Loader workers are the parallelism here.
         if (ch, cw) == (frame.height, frame.width):
-            arr = frame.to_ndarray(format="rgb24")
+            arr = frame.to_ndarray(format="rgb24", **single_thread_scaling())
         else:
-            arr = frame.to_ndarray(format="rgb24", width=cw, height=ch, interpolation=self._interpolation)
+            arr = frame.to_ndarray(format="rgb24", width=cw, height=ch, interpolation=self._interpolation,
+                                   **single_thread_scaling())
         if self._rot_k:
             arr = np.ascontiguousarray(np.rot90(arr, k=self._rot_k))
         return arr

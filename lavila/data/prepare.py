@@ -388,13 +388,15 @@ def _decode_strict(container, stream, source: Path):
 def _to_output_frame(frame, size: tuple[int, int], rot_k: int):
     import av
 
+    from lavila.data.decode import single_thread_scaling
+
     w, h = size
     if rot_k == 0:
-        return frame.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC")
+        return frame.reformat(width=w, height=h, format="yuv420p", interpolation="BICUBIC", **single_thread_scaling())
     cw, ch = (h, w) if rot_k % 2 else (w, h)
-    arr = frame.to_ndarray(format="rgb24", width=cw, height=ch, interpolation="BICUBIC")
+    arr = frame.to_ndarray(format="rgb24", width=cw, height=ch, interpolation="BICUBIC", **single_thread_scaling())
     arr = np.ascontiguousarray(np.rot90(arr, k=rot_k))
-    return av.VideoFrame.from_ndarray(arr, format="rgb24").reformat(format="yuv420p")
+    return av.VideoFrame.from_ndarray(arr, format="rgb24").reformat(format="yuv420p", **single_thread_scaling())
 
 
 def _finish_chunk(
